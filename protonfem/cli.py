@@ -1,0 +1,172 @@
+"""The ``protonfem`` command.
+
+Sub-commands import their heavy dependencies lazily: ``validate``, ``train`` and ``view`` work
+without DOLFINx; ``mesh`` and ``run`` need it (``pip install protonfem[dolfinx]`` or a conda /
+Docker DOLFINx).
+
+Errors a user can fix (a bad case file, a missing results directory, a failed solve) print one
+line and exit non-zero; tracebacks are for bugs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from protonfem import __version__
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+def _rank() -> int:
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return 0
+    return MPI.COMM_WORLD.rank
+
+
+def _say(msg: str, err: bool = False):
+    if _rank() == 0:
+        print(msg, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+def cmd_validate(args) -> int:
+    from protonfem.solver.case import CaseError, describe, load_case
+
+    if args.describe:
+        print(describe())
+        if not args.cases:
+            return 0
+    if not args.cases:
+        _say("protonfem validate: give at least one CASE file (or --describe)", err=True)
+        return EXIT_BAD_INPUT
+    status = 0
+    for path in args.cases:
+        try:
+            case = load_case(path)
+        except CaseError as exc:
+            _say(f"error: {exc}", err=True)
+            status = EXIT_BAD_INPUT
+            continue
+        pulses = sum(t.count for t in case.protocol.trains)
+        _say(f"{path}: ok ({case.name}: {case.geometry.dimension}-D, {pulses} pulses, T = {case.conditions.temperature:g} K)")
+    return status
+
+
+def cmd_mesh(args) -> int:
+    from protonfem.solver.case import CaseError, load_case
+
+    try:
+        case = load_case(args.case)
+    except CaseError as exc:
+        _say(f"error: {exc}", err=True)
+        return EXIT_BAD_INPUT
+    import dolfinx_solver  # noqa: F401
+    from mpi4py import MPI
+
+    from protonfem.solver.mesh import create_device_mesh
+
+    out = Path(args.output) if args.output else Path("results") / case.name
+    if MPI.COMM_WORLD.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    msh = out / "mesh.msh"
+    try:
+        dm = create_device_mesh(case, MPI.COMM_WORLD, write_msh=msh)
+    except CaseError as exc:
+        _say(f"error: {exc}", err=True)
+        return EXIT_BAD_INPUT
+    mesh = dm.mesh
+    tdim = mesh.topology.dim
+    cells = mesh.topology.index_map(tdim).size_global
+    verts = mesh.topology.index_map(0).size_global
+    _say(f"{msh}: {cells} cells, {verts} vertices, {tdim}-D, on {MPI.COMM_WORLD.size} rank(s) "
+         f"(also {msh.with_suffix('.vtu').name} for ParaView)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from protonfem.solver.case import CaseError, load_case
+
+    try:
+        case = load_case(args.case)
+    except CaseError as exc:
+        _say(f"error: {exc}", err=True)
+        return EXIT_BAD_INPUT
+    if args.resume:
+        _say("error: --resume: checkpoints are not written by this version; rerun the case", err=True)
+        return EXIT_BAD_INPUT
+    from protonfem.solver.run import Simulation
+
+    try:
+        sim = Simulation(args.case, args.output, progress=not args.quiet, case=case)
+        summary = sim.run()
+    except CaseError as exc:
+        _say(f"error: {exc}", err=True)
+        return EXIT_BAD_INPUT
+    out = sim.outdir
+    g = summary["conductance_S"]
+    cons = summary["conservation"]
+    if summary["status"] == "completed":
+        _say(f"{case.name}: {summary['pulses_completed']} pulses, G {g['initial'] * 1e9:.5g} -> {g['final'] * 1e9:.5g} nS, "
+             f"inventory drift {cons['max_inventory_error']:.2g}, {summary['steps']['accepted']} steps, "
+             f"{summary['wall_time_s']:.1f} s on {summary['ranks']} rank(s); results in {out}")
+        return 0
+    if summary["status"] == "interrupted":
+        _say(f"{case.name}: interrupted after {summary['pulses_completed']} pulses; results so far in {out}", err=True)
+        return EXIT_INTERRUPTED
+    _say(f"error: {case.name}: solve failed: {summary['message']} (results so far in {out})", err=True)
+    return EXIT_FAILED
+
+
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="protonfem", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"protonfem {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    v = sub.add_parser("validate", help="check case files without running them")
+    v.add_argument("cases", nargs="*", type=Path, metavar="CASE")
+    v.add_argument("--describe", action="store_true", help="list every case-file key with its unit")
+    v.set_defaults(func=cmd_validate)
+
+    m = sub.add_parser("mesh", help="build and write the mesh of a case (mesh.msh, mesh.vtu)")
+    m.add_argument("case", type=Path, metavar="CASE")
+    m.add_argument("-o", "--output", type=Path, default=None, help="directory (default results/<case>)")
+    m.set_defaults(func=cmd_mesh)
+
+    r = sub.add_parser("run", help="run a case (under mpiexec -n N for domain decomposition)")
+    r.add_argument("case", type=Path, metavar="CASE")
+    r.add_argument("-o", "--output", type=Path, default=None, help="results directory (default results/<case>)")
+    r.add_argument("--resume", action="store_true", help="continue from a checkpoint (not available yet)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    from protonfem.postprocess.cli_view import add_view_parser
+    add_view_parser(sub)
+    try:
+        from protonfem.crossbar.cli import add_train_parser, run_train
+    except ImportError:  # pragma: no cover - crossbar is part of the distribution
+        pass
+    else:
+        add_train_parser(sub)
+        sub.choices["train"].set_defaults(func=run_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        _say("interrupted", err=True)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Gate waveforms built from a case's pulse trains.
+
+The waveform is data: a list of :class:`Pulse` records whose edges are time-step breakpoints, so
+the integrator lands exactly on every corner of the trapezoid (and restarts with a small step
+there), and whose rest ends are the read-out events.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from .case import Protocol
+
+
+@dataclass(frozen=True)
+class Pulse:
+    index: int          # 1-based over the whole protocol
+    train: int          # 0-based train index
+    amplitude: float    # V
+    start: float        # s, rise begins
+    rise: float
+    width: float
+    fall: float
+    rest: float
+
+    @property
+    def plateau_start(self) -> float:
+        return self.start + self.rise
+
+    @property
+    def plateau_end(self) -> float:
+        return self.plateau_start + self.width
+
+    @property
+    def end(self) -> float:
+        """End of the fall: the pulse proper is over."""
+        return self.plateau_end + self.fall
+
+    @property
+    def read_time(self) -> float:
+        """End of the rest: the conductance read-out and the next pulse's start."""
+        return self.end + self.rest
+
+    @property
+    def edges(self) -> tuple[float, float, float, float]:
+        return (self.start, self.plateau_start, self.plateau_end, self.end)
+
+
+class Waveform:
+    """Piecewise-linear gate voltage V(t) of a whole protocol."""
+
+    def __init__(self, protocol: Protocol, t0: float = 0.0):
+        self.base = protocol.rest_voltage
+        self.pulses: list[Pulse] = []
+        t = t0
+        index = 1
+        for k, train in enumerate(protocol.trains):
+            for _ in range(train.count):
+                p = Pulse(index, k, train.amplitude, t, train.rise, train.width, train.fall, train.rest)
+                self.pulses.append(p)
+                t = p.read_time
+                index += 1
+        self.t_end = t
+        self._starts = [p.start for p in self.pulses]
+
+    def pulse_at(self, t: float) -> Pulse | None:
+        """The pulse whose [start, read_time) contains t."""
+        i = bisect.bisect_right(self._starts, t) - 1
+        if i < 0:
+            return None
+        return self.pulses[i]
+
+    def voltage(self, t: float) -> float:
+        p = self.pulse_at(t)
+        if p is None or t >= p.end:
+            return self.base
+        if t < p.plateau_start:
+            return self.base + (p.amplitude - self.base) * (t - p.start) / p.rise
+        if t <= p.plateau_end:
+            return p.amplitude
+        return p.amplitude + (self.base - p.amplitude) * (t - p.plateau_end) / p.fall
+
+    def breakpoints(self, extra: list[float] = ()) -> list[float]:
+        """Every time the integrator must hit exactly, sorted and unique."""
+        pts = set()
+        for p in self.pulses:
+            pts.update(p.edges)
+            pts.add(p.read_time)
+        pts.update(t for t in extra if 0.0 <= t <= self.t_end)
+        return sorted(pts)
