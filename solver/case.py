@@ -273,10 +273,13 @@ def _format_error(path: Path, err: dict) -> str:
     if err.get("ctx", {}).get("error") is not None and isinstance(err["ctx"]["error"], _KeyedError):
         e = err["ctx"]["error"]
         return f"{path}: {e.key}: {e}"
-    shown = repr(given) if not isinstance(given, dict) else "a table"
+    msg = msg[0].lower() + msg[1:]
+    if isinstance(given, dict):  # a table-level check: the message already names the values
+        return f"{path}: {loc}: {msg}"
+    shown = repr(given)
     if len(shown) > 60:
         shown = shown[:57] + "..."
-    return f"{path}: {loc}: {msg[0].lower() + msg[1:]} (got {shown})"
+    return f"{path}: {loc}: {msg} (got {shown})"
 
 
 def parse_case(data: dict, path: Path | str = "<case>") -> Case:

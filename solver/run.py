@@ -339,12 +339,13 @@ class Simulation:
         self._fields_written = 0
         self._current_pulse = None
         old = {}
-        if threading_main():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old[sig] = signal.signal(sig, self._handle_signal)
         status, message = "running", ""
         try:
             self._setup()
+            # Installed after set-up: initialising PETSc/MPI may install C-level handlers of their own.
+            if threading_main():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    old[sig] = signal.signal(sig, self._handle_signal)
             self._write_summary("running")
             self._eq_steps = self._equilibrate()
             self.stepper.t = 0.0

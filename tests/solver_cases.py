@@ -1,0 +1,36 @@
+"""Small variants of the reference case for tests (fast, same physics)."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import tomli_w
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def reference(dim: int = 1) -> dict:
+    name = "reference.toml" if dim == 1 else "reference_2d.toml"
+    return tomllib.loads((ROOT / "cases" / "onen2022" / name).read_text())
+
+
+def short_case(path: Path, dim: int = 1, pulses_up: int = 2, pulses_down: int = 1, rest: float = 1e-3,
+               **overrides) -> Path:
+    """Write a short train of the reference device to ``path`` and return it."""
+    data = reference(dim)
+    data["name"] = path.stem
+    up, down = data["protocol"]["trains"]
+    up.update(count=pulses_up, rest=rest)
+    down.update(count=pulses_down, rest=rest)
+    data["protocol"]["trains"] = [t for t in (up, down) if t["count"] > 0]
+    if dim == 2:
+        data["mesh"].update(lateral_h_min=5e-9, lateral_h_max=2.5e-8)
+    for dotted, value in overrides.items():
+        keys = dotted.split("__")
+        d = data
+        for k in keys[:-1]:
+            d = d.setdefault(k, {})
+        d[keys[-1]] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tomli_w.dumps(data).encode())
+    return path

@@ -1,0 +1,116 @@
+"""End-to-end solver runs: conservation, Gauss's law, read-out, outputs, serial-vs-parallel."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from protonfem.solver.case import load_case
+from protonfem.solver.run import SERIES_COLUMNS, Simulation
+from solver_cases import short_case
+
+COMM = MPI.COMM_WORLD
+
+
+@pytest.fixture
+def shared_tmp(tmp_path):
+    return Path(COMM.bcast(str(tmp_path), root=0))
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_closed_stack_conserves_protons_and_charge(shared_tmp):
+    case = short_case(shared_tmp / "cons.toml", dim=1, pulses_up=2, pulses_down=2)
+    out = shared_tmp / "out"
+    summary = Simulation(case, out, progress=False).run()
+    assert summary["status"] == "completed", summary["message"]
+    assert summary["pulses_completed"] == 4
+    # Inventory conserved to 1e-10 relative at every event of every pulse, as written to series.csv.
+    COMM.Barrier()
+    rows = _rows(out / "series.csv")
+    assert list(rows[0].keys()) == SERIES_COLUMNS
+    assert [r["event"] for r in rows[:3]] == ["initial", "pulse_end", "read"]
+    errs = [float(r["inventory_error"]) for r in rows]
+    assert max(errs) < 1e-10
+    assert max(float(r["gauss_error"]) for r in rows) < 1e-8
+    # The +10 V pulse moves protons out of the reservoir into the stack, and -8.5 V takes them back.
+    up = [float(r["pulse_faradaic_charge_C"]) for r in rows if r["event"] == "read" and float(r["pulse_amplitude_V"]) > 0]
+    down = [float(r["pulse_faradaic_charge_C"]) for r in rows if r["event"] == "read" and float(r["pulse_amplitude_V"]) < 0]
+    assert all(q > 0 for q in up) and all(q < 0 for q in down)
+    # Displacement energy of a 10 V edge into ~27 aF of 10 nm PSG is of order C V^2 / 2 ~ 1.4 fJ.
+    e_disp = [float(r["pulse_displacement_energy_J"]) for r in rows if r["event"] == "read"][0]
+    assert 0.3e-15 < e_disp < 5e-15
+    g = [float(r["conductance_S"]) for r in rows if r["event"] in ("initial", "read")]
+    assert g[1] > g[0] and g[-1] < g[2]
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["status"] == "completed" and summ["ranks"] == COMM.size
+    assert summ["case_hash"] and summ["versions"]["dolfinx"]
+    assert (out / "conductance.png").stat().st_size > 1000
+    assert (out / "fields.xdmf").exists() and (out / "fields.vtkhdf").exists()
+
+
+def test_rest_state_conductance_is_the_exact_integral(shared_tmp):
+    """At rest the channel is uniform: G = sigma_ref * t_ch * W / L exactly (88 MOhm device)."""
+    from protonfem.solver.mesh import create_device_mesh
+    from protonfem.solver.model import DeviceModel
+    from protonfem.solver.readout import ConductanceReadout
+
+    for dim in (1, 2):
+        path = short_case(shared_tmp / f"g{dim}.toml", dim=dim)
+        case = load_case(path)
+        dm = create_device_mesh(case, COMM)
+        model = DeviceModel(case, dm.mesh, dm.cell_tags, dm.facet_tags)
+        g = ConductanceReadout(model).conductance()
+        law = case.materials.channel.conductivity
+        expected = law.reference_conductivity * case.geometry.channel_thickness * case.geometry.channel_width / case.geometry.channel_length
+        assert g == pytest.approx(expected, rel=1e-9)
+        assert expected == pytest.approx(1 / 88e6, rel=0.01)
+
+
+def test_failed_solve_reports_and_keeps_results(shared_tmp):
+    # A dt_min above every usable step makes the first rejected step fatal.
+    case = short_case(shared_tmp / "fail.toml", dim=1, solver__dt_min=1e-10, solver__dt_initial=1e-10,
+                      solver__newton_max_it=2)
+    out = shared_tmp / "fail_out"
+    summary = Simulation(case, out, progress=False).run()
+    assert summary["status"] == "failed"
+    assert "dt_min" in summary["message"] and "Try:" in summary["message"]
+    COMM.Barrier()
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["status"] == "failed"
+    rows = _rows(out / "series.csv")
+    assert rows[0]["event"] == "initial"
+
+
+@pytest.mark.skipif(COMM.size != 2, reason="compares a 2-rank run against a serial one; run under mpiexec -n 2")
+def test_2d_parallel_equals_serial(shared_tmp):
+    case = short_case(shared_tmp / "par2d.toml", dim=2, pulses_up=1, pulses_down=1, rest=1e-4)
+    par = Simulation(case, shared_tmp / "par", progress=False).run()
+    ser = None
+    if COMM.rank == 0:
+        ser = Simulation(case, shared_tmp / "ser", comm=MPI.COMM_SELF, progress=False).run()
+    ser = COMM.bcast(ser, root=0)
+    assert par["status"] == ser["status"] == "completed"
+    assert par["ranks"] == 2 and ser["ranks"] == 1
+    for a, b in zip(par["per_pulse"], ser["per_pulse"]):
+        assert a["conductance_S"] == pytest.approx(b["conductance_S"], rel=1e-8)
+        assert a["faradaic_charge_C"] == pytest.approx(b["faradaic_charge_C"], rel=1e-8, abs=1e-30)
+    COMM.Barrier()
+    rp, rs = _rows(shared_tmp / "par" / "series.csv"), _rows(shared_tmp / "ser" / "series.csv")
+    assert len(rp) == len(rs)
+    for a, b in zip(rp, rs):
+        for key in ("inventory_reservoir", "inventory_electrolyte", "inventory_channel", "conductance_S"):
+            x, y = float(a[key]), float(b[key])
+            if math.isnan(x):
+                assert math.isnan(y)
+            else:
+                assert x == pytest.approx(y, rel=1e-8)
