@@ -32,6 +32,9 @@ def plot_conductance(series_csv: Path | str, png: Path | str, title: str = "") -
     for pts, style, label in ((up, "o", "after + pulse"), (down, "s", "after - pulse"), (rest, "D", "initial")):
         if pts:
             ax.plot([p for p, _ in pts], [v for _, v in pts], style, ms=4, label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("pulse number")
     ax.set_ylabel("channel conductance G [nS]")
     ax.set_title(title or "Conductance read-out")
