@@ -161,7 +161,8 @@ class PulseTrain(_Strict):
 
 
 class Protocol(_Strict):
-    rest_voltage: float = Field(0.0, description="gate voltage held during rests and in the equilibrium initial state [V]")
+    rest_voltage: float = Field(0.0, description="gate voltage of the equilibrium initial state, at the end of every fall, and held during rests when rest_gate = 'held' [V]")
+    rest_gate: Literal["floating", "held"] = Field("floating", description="gate during rests and read-outs: 'floating' (open circuit, I_G = 0, as the device is read) or 'held' at rest_voltage")
     read_voltage: Positive = Field(0.1, description="source-drain voltage of the conductance read-out [V]")
     trains: list[PulseTrain] = Field(min_length=1, description="pulse trains, run in order")
 

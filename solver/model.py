@@ -311,8 +311,23 @@ class DeviceModel:
                "space": self._sum(self._space_charge) * qc}
         return out
 
-    def proton_charge_unit(self) -> float:
-        return Q_E
+    def set_reservoir_reference(self):
+        """The reservoir inventory against which the Faradaic (terminal) charge is counted."""
+        self._reservoir_reference = self._sum(self._inventory_forms["reservoir"])
+
+    def terminal_charge(self) -> float:
+        """Charge that has entered the gate terminal: surface charge of the reservoir plus one
+        electron per proton that has left it (C)."""
+        n_res = self._sum(self._inventory_forms["reservoir"])
+        return (self._sum(self._gate_charge) * self.scales.charge
+                + Q_E * (self._reservoir_reference - n_res) * self.scales.count)
+
+    def geometric_gate_capacitance(self) -> float:
+        """eps0 eps_r A / d of the electrolyte (F): the slope guess of the floating-gate solve."""
+        from .scaling import EPS0
+        g = self.case.geometry
+        return EPS0 * self.case.materials.electrolyte.relative_permittivity * g.channel_width * g.channel_length \
+            / g.electrolyte_thickness
 
 
 def _reason_name(reason: int) -> str:

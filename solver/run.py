@@ -243,7 +243,7 @@ class Simulation:
         Nres = m._sum(m._inventory_forms["reservoir"]) * m.scales.count
         dQd = Qg - self._Qg
         dQf = Q_E * (self._Nres - Nres)  # each proton leaving the Pd sends one electron out of the gate
-        V = self.waveform.voltage(t)
+        V = self.stepper.gate_voltage
         self._pulse_acc["qd"] += dQd
         self._pulse_acc["qf"] += dQf
         # Energy drawn from the gate driver: charge it returns on the falling edge is not
@@ -269,7 +269,7 @@ class Simulation:
         p = pulse
         row = {
             "time_s": t, "event": event, "pulse": p.index if p else 0, "train": p.train if p else -1,
-            "pulse_amplitude_V": float(p.amplitude) if p else 0.0, "gate_voltage_V": float(self.waveform.voltage(t)),
+            "pulse_amplitude_V": float(p.amplitude) if p else 0.0, "gate_voltage_V": float(self.stepper.gate_voltage),
             "gate_current_A": self._I[0] + self._I[1], "displacement_current_A": self._I[0], "faradaic_current_A": self._I[1],
             "gate_charge_C": ch["gate"], "faradaic_charge_C": self._Qfar,
             "pulse_displacement_charge_C": self._pulse_acc["qd"], "pulse_faradaic_charge_C": self._pulse_acc["qf"],
@@ -349,6 +349,8 @@ class Simulation:
             self._write_summary("running")
             self._eq_steps = self._equilibrate()
             self.stepper.t = 0.0
+            self.stepper.gate_voltage = self.case.protocol.rest_voltage
+            self.model.set_reservoir_reference()
             self.model.set_transport_scale(self.model.inventory_scaled())
             self._bookkeeping_reset()
             self._row(0.0, "initial", None, self.readout.conductance())
@@ -378,6 +380,16 @@ class Simulation:
                   file=sys.stderr)
         return summary
 
+    def _pulse_voltage(self, p, v_start: float):
+        wf = self.waveform
+
+        def voltage(t: float) -> float:
+            if p.start <= t < p.plateau_start:
+                return v_start + (p.amplitude - v_start) * (t - p.start) / p.rise
+            return wf.voltage(t)
+
+        return voltage
+
     def _run_protocol(self):
         st = self.stepper
         pulses = self.waveform.pulses
@@ -396,6 +408,9 @@ class Simulation:
                 stops += [(p.read_time, "read")]
                 stops.sort()
                 st.restart()  # the pulse's rise starts here: dV/dt jumps
+                # The driver reconnects at the gate's present (possibly floating) voltage and ramps.
+                st.voltage = self._pulse_voltage(p, st.gate_voltage)
+                st.floating_charge = None
                 for tt, kind in stops:
                     st.advance_to(tt, self._after_step, self._stop_requested)
                     if self._stop:
@@ -405,6 +420,8 @@ class Simulation:
                     elif kind == "edge":
                         st.restart()  # corner of the trapezoid: restart small and first-order
                         if tt == p.end:
+                            if self.case.protocol.rest_gate == "floating":
+                                st.floating_charge = self.model.terminal_charge()
                             self._row(tt, "pulse_end", p, float("nan"))
                             if self._wants_fields("pulse_end", p.index):
                                 self._write_fields(tt)

@@ -40,6 +40,12 @@ class TimeStepper:
         self.model = model
         self.s = settings
         self.voltage = voltage
+        #: gate voltage of the last accepted step (the unknown of a floating gate)
+        self.gate_voltage = voltage(0.0)
+        #: None: the gate follows ``voltage``; a float: the gate floats and its terminal charge
+        #: (surface charge + q * protons that left the reservoir) is held at this value.
+        self.floating_charge: float | None = None
+        self.gate_capacitance = model.geometric_gate_capacitance()
         self.t = 0.0
         self.dt = settings.dt_initial
         self.stats = StepStats()
@@ -67,12 +73,17 @@ class TimeStepper:
             if remaining - dt < 0.05 * dt:  # do not leave a sliver before the breakpoint
                 dt = remaining
             t_new = t_target if dt == remaining else self.t + dt
-            m.set_gate_voltage(self.voltage(t_new))
             if self._dt_prev is not None:
-                x[:] = x_n + (dt / self._dt_prev) * (x_n - self._prev)
+                guess = x_n + (dt / self._dt_prev) * (x_n - self._prev)
             else:
-                x[:] = x_n
-            res = m.solve_step(dt)
+                guess = x_n.copy()
+            if self.floating_charge is None:
+                v_new = self.voltage(t_new)
+                m.set_gate_voltage(v_new)
+                x[:] = guess
+                res = m.solve_step(dt)
+            else:
+                res, v_new = self._solve_floating(dt, guess)
             self.stats.newton_iterations += res.iterations
             self.stats.last_reason = res.reason
             accept = res.converged
@@ -101,7 +112,7 @@ class TimeStepper:
                 if self.dt < self.s.dt_min:
                     raise SolverFailure(
                         f"time step fell below dt_min = {self.s.dt_min:g} s at t = {self.t:.6g} s "
-                        f"(gate {self.voltage(self.t):.4g} V); last Newton result: {res.reason}"
+                        f"(gate {self.gate_voltage:.4g} V{', floating' if self.floating_charge is not None else ''}); last Newton result: {res.reason}"
                         f"{' ' + _residual_note(m) if not res.converged else ''}. "
                         "Try: a smaller solver.dt_initial, a finer mesh (mesh.h_min) at the interfaces, "
                         "longer pulse rise/fall times, or solver.newton_max_it larger; "
@@ -112,6 +123,7 @@ class TimeStepper:
             x_n[:] = x
             self._dt_prev = dt
             self.t = t_new
+            self.gate_voltage = v_new
             self.stats.accepted += 1
             self.dt = dt * max(factor, 0.2)
             if after_step is not None:
@@ -119,6 +131,39 @@ class TimeStepper:
             if stop_requested is not None and stop_requested():
                 return
         self.t = t_target
+
+
+    def _solve_floating(self, dt: float, guess: np.ndarray):
+        """Open-circuit gate: find the gate voltage at which the terminal charge is unchanged.
+
+        Secant iteration on V around the implicit step (each evaluation is a full Newton solve
+        from the same x_n); the first slope is the geometric gate capacitance, which is within a
+        few per cent of the true one because the PSG is thin against the screening lengths.
+        """
+        m = self.model
+        target = self.floating_charge
+        tol = 1e-9 * self.gate_capacitance * m.scales.thermal_voltage + 1e-12 * abs(target)
+        v0 = self.gate_voltage
+        slope = self.gate_capacitance
+        x = m.x.x.array
+        q_prev = v_prev = None
+        res = None
+        for _ in range(12):
+            m.set_gate_voltage(v0)
+            x[:] = guess
+            res = m.solve_step(dt)
+            if not res.converged:
+                return res, v0
+            q = m.terminal_charge()
+            if abs(q - target) <= tol:
+                return res, v0
+            if q_prev is not None and abs(v0 - v_prev) > 0:
+                slope = (q - q_prev) / (v0 - v_prev) or slope
+            q_prev, v_prev = q, v0
+            guess = x.copy()
+            v0 = v0 + (target - q) / slope
+        from .model import StepResult
+        return StepResult(False, res.iterations if res else 0, "floating-gate charge not matched"), v0
 
 
 def _residual_note(model: DeviceModel) -> str:

@@ -114,3 +114,30 @@ def test_2d_parallel_equals_serial(shared_tmp):
                 assert math.isnan(y)
             else:
                 assert x == pytest.approx(y, rel=1e-8)
+
+
+def test_floating_gate_rest_holds_terminal_charge_and_retains_protons(shared_tmp):
+    """Open-circuit rests (I_G = 0, as the device is read) keep the injected protons; a gate held at
+    0 V lets most of them flow back (reference/environment.md)."""
+    results = {}
+    for mode in ("floating", "held"):
+        case = short_case(shared_tmp / f"{mode}.toml", dim=1, pulses_up=1, pulses_down=0, rest=1.0,
+                          protocol__rest_gate=mode)
+        out = shared_tmp / f"out_{mode}"
+        summary = Simulation(case, out, progress=False).run()
+        assert summary["status"] == "completed", summary["message"]
+        COMM.Barrier()
+        rows = _rows(out / "series.csv")
+        end, read = rows[1], rows[2]
+        assert end["event"] == "pulse_end" and read["event"] == "read"
+        results[mode] = (rows[0], end, read)
+    initial, end, read = results["floating"]
+    # terminal charge = gate surface charge + Faradaic charge is unchanged over the floating rest
+    q_end = float(end["gate_charge_C"]) + float(end["faradaic_charge_C"])
+    q_read = float(read["gate_charge_C"]) + float(read["faradaic_charge_C"])
+    assert abs(q_read - q_end) < 1e-6 * abs(float(end["gate_charge_C"]) - float(initial["gate_charge_C"])) + 1e-24
+    assert float(read["gate_voltage_V"]) != 0.0
+    kept_float = float(read["pulse_faradaic_charge_C"]) / float(end["pulse_faradaic_charge_C"])
+    _, end_h, read_h = results["held"]
+    kept_held = float(read_h["pulse_faradaic_charge_C"]) / float(end_h["pulse_faradaic_charge_C"])
+    assert kept_float > 0.9 and kept_held < 0.5
