@@ -168,12 +168,13 @@ class Protocol(_Strict):
 
 
 class SolverSettings(_Strict):
+    scheme: Literal["bdf2", "bdf1"] = Field("bdf2", description="time integrator: variable-step BDF2 (backward Euler after each restart) or backward Euler throughout")
     dt_initial: Positive = Field(1e-13, description="first time step after each pulse edge [s]")
     dt_min: Positive = Field(1e-20, description="smallest time step before the run gives up [s]")
     dt_max: Positive = Field(0.25, description="largest time step [s]")
     max_change: Positive = Field(2.0, description="target change of the scaled unknowns (in kT/q) in the first step after a breakpoint [-]")
     lte_tolerance: Positive = Field(0.05, description="local error per step of the scaled unknowns (in kT/q), estimated against a linear predictor [-]")
-    growth: Annotated[float, Field(gt=1.0, le=10.0)] = Field(2.0, description="largest step growth factor [-]")
+    growth: Annotated[float, Field(gt=1.0, le=10.0)] = Field(4.0, description="largest step growth factor [-]")
     newton_max_it: Annotated[int, Field(ge=1, le=200, strict=True)] = Field(30, description="Newton iterations before a step is rejected [-]")
     transport_tolerance: Annotated[float, Field(gt=0, le=1e-3)] = Field(1e-13, description="l1 transport residual per step, relative to the proton inventory [-]")
     potential_tolerance: Annotated[float, Field(gt=0, le=1.0)] = Field(1e-9, description="sup-norm of the last Newton update of the scaled unknowns [-]")

@@ -115,6 +115,7 @@ class DeviceModel:
 
         self.x = fem.Function(self.W, name="state")
         self.x_n = fem.Function(self.W, name="state_previous")
+        self.x_nm1 = fem.Function(self.W, name="state_before_previous")
 
         # ---- per-region coefficients (DG0) --------------------------------------------------
         m = case.materials
@@ -158,6 +159,9 @@ class DeviceModel:
 
         # ---- forms ----------------------------------------------------------------------------
         self.dt = fem.Constant(mesh, default_scalar_type(1e-12))
+        # BDF coefficients of the mass term: a0 c + a1 c_n + a2 c_nm1 (a0 + a1 + a2 = 0, so the
+        # inventory is conserved exactly by either scheme); backward Euler is (1, -1, 0).
+        self.bdf = [fem.Constant(mesh, default_scalar_type(v)) for v in (1.0, -1.0, 0.0)]
         self.gate = fem.Constant(mesh, default_scalar_type(0.0))  # scaled gate potential
         self.dx = ufl.Measure("dx", domain=mesh, subdomain_data=cell_tags)
         self.dx_lumped = ufl.Measure("dx", domain=mesh, subdomain_data=cell_tags, metadata=LUMPED)
@@ -165,10 +169,12 @@ class DeviceModel:
 
         u, w = ufl.split(self.x)
         u_n, w_n = ufl.split(self.x_n)
+        u_nm1, w_nm1 = ufl.split(self.x_nm1)
         v, q = ufl.TestFunctions(self.W)
         self.u_expr, self.w_expr = u, w
         c = self.concentration(w, u)
         c_n = self.concentration(w_n, u_n)
+        c_nm1 = self.concentration(w_nm1, u_nm1)
         self.c_expr = c
         theta = logistic(w - u - self.e0)
         mobility = self.rate * self.cmax * theta * (1.0 - theta)
@@ -181,7 +187,8 @@ class DeviceModel:
         self.rho_expr = rho
 
         F_u = self.eps_r * ufl.inner(ufl.grad(u), ufl.grad(v)) * self.dx - Gamma * rho * v * self.dx_lumped
-        F_w = (c - c_n) * q * self.dx_lumped - self.dt * ufl.inner(flux, ufl.grad(q)) * self.dx_flux
+        a0, a1, a2 = self.bdf
+        F_w = (a0 * c + a1 * c_n + a2 * c_nm1) * q * self.dx_lumped - self.dt * ufl.inner(flux, ufl.grad(q)) * self.dx_flux
         self.F = F_u + F_w
 
         # ---- boundary conditions ----------------------------------------------------------------
@@ -277,6 +284,16 @@ class DeviceModel:
     # ------------------------------------------------------------------------------------------
     def set_gate_voltage(self, volts: float):
         self.gate.value = volts / self.scales.thermal_voltage
+
+    def set_scheme(self, ratio: float | None):
+        """Backward Euler (ratio None) or variable-step BDF2 with ratio = dt_n / dt_(n-1)."""
+        if ratio is None:
+            coeffs = (1.0, -1.0, 0.0)
+        else:
+            w = ratio
+            coeffs = ((1 + 2 * w) / (1 + w), -(1 + w), w * w / (1 + w))
+        for c, v in zip(self.bdf, coeffs):
+            c.value = v
 
     def solve_step(self, dt: float) -> StepResult:
         """One implicit step from x_n with the current gate; x holds the initial guess on entry."""

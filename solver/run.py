@@ -407,7 +407,7 @@ class Simulation:
                 stops += [(tt, "field") for tt in extra if p.start < tt < p.read_time]
                 stops += [(p.read_time, "read")]
                 stops.sort()
-                st.restart()  # the pulse's rise starts here: dV/dt jumps
+                st.restart(p.rise)  # the pulse's rise starts here: dV/dt jumps
                 # The driver reconnects at the gate's present (possibly floating) voltage and ramps.
                 st.voltage = self._pulse_voltage(p, st.gate_voltage)
                 st.floating_charge = None
@@ -418,7 +418,9 @@ class Simulation:
                     if kind == "field":
                         self._write_fields(tt)
                     elif kind == "edge":
-                        st.restart()  # corner of the trapezoid: restart small and first-order
+                        # corner of the trapezoid: restart first-order, sized for the next segment
+                        nxt = next((t2 for t2, _ in stops if t2 > tt), p.read_time)
+                        st.restart(nxt - tt)
                         if tt == p.end:
                             if self.case.protocol.rest_gate == "floating":
                                 st.floating_charge = self.model.terminal_charge()

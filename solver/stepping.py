@@ -1,8 +1,9 @@
 """Adaptive implicit time stepping with breakpoints and step rejection.
 
-Backward Euler (L-stable) on the lumped, conservative system. The step size follows a local-error
-estimate: the distance between the converged solution and a linear predictor through the two
-previous states, which is O(dt^2) for this first-order scheme. Every breakpoint (pulse edge,
+Variable-step BDF2 on the lumped, conservative system (``scheme = "bdf1"``: backward Euler
+throughout), with a backward-Euler step after every restart. The step size follows a local-error
+estimate: the distance between the converged solution and a polynomial predictor through the
+previous states (linear after one step, quadratic after two), times the scheme's error constant. Every breakpoint (pulse edge,
 read-out, requested output time) is hit exactly, and integration restarts there with
 ``dt_initial`` because the waveform's derivative jumps. A step whose Newton iteration fails, or
 whose error estimate is too large, is rejected: the state is restored and the step retried with a
@@ -49,34 +50,81 @@ class TimeStepper:
         self.t = 0.0
         self.dt = settings.dt_initial
         self.stats = StepStats()
-        self._prev = model.x_n.x.array.copy()  # state before x_n (predictor history)
-        self._dt_prev: float | None = None
         self.comm = model.comm
+        # History since the last restart: x_nm1 (a Function: BDF2 uses it) and the one before.
+        self._x_nm2 = model.x_n.x.array.copy()
+        self._steps: list[float] = []  # accepted step sizes since the last restart, newest last
+        self._v_history: list[float] = []  # gate voltages of the last two accepted steps (floating)
+        self._floating_slope: float | None = None
 
     def _gmax(self, arr: np.ndarray) -> float:
         n = self.model._n_owned
         return self.comm.allreduce(float(np.abs(arr[:n]).max(initial=0.0)), op=MPI.MAX)
 
-    def restart(self):
-        """Forget the predictor history: the next step starts small and first-order."""
-        self._dt_prev = None
-        self.dt = self.s.dt_initial
+    def restart(self, segment: float | None = None):
+        """Forget the history at a corner of the waveform: the next step is backward Euler (older
+        states would pollute the BDF2 formula across the jump in dV/dt). The state itself is
+        continuous there, so the step keeps its size, capped at an eighth of the coming segment
+        (``segment`` [s]) and at least ``dt_initial``; without ``segment``, it restarts at
+        ``dt_initial``."""
+        self._steps = []
+        self._v_history = []
+        if segment is None:
+            self.dt = self.s.dt_initial
+        else:
+            self.dt = max(self.s.dt_initial, min(self.dt, segment / 8.0))
+
+    def _predict(self, dt: float) -> np.ndarray | None:
+        """Polynomial extrapolation through the stored states (linear after one step, quadratic
+        after two); None right after a restart."""
+        m = self.model
+        x_n, x_nm1 = m.x_n.x.array, m.x_nm1.x.array
+        h = self._steps
+        if not h:
+            return None
+        if len(h) == 1:
+            return x_n + (dt / h[-1]) * (x_n - x_nm1)
+        # Newton form through (t_n, x_n), (t_n - h1, x_nm1), (t_n - h1 - h2, x_nm2)
+        h1, h2 = h[-1], h[-2]
+        d1 = (x_n - x_nm1) / h1
+        d2 = (x_nm1 - self._x_nm2) / h2
+        dd = (d1 - d2) / (h1 + h2)
+        return x_n + dt * d1 + dt * (dt + h1) * dd
+
+    def _error_ratio(self, x: np.ndarray, pred: np.ndarray | None, dt: float, bdf2: bool) -> tuple[float, int]:
+        """(tolerance / estimated local error, order of the estimate) for the step just solved."""
+        if pred is None:
+            # First step after a restart: no history, so limit the change of the unknowns.
+            change = self._gmax(x - self.model.x_n.x.array)
+            return self.s.max_change / max(change, 1e-300), 1
+        diff = self._gmax(x - pred)
+        h = self._steps
+        if bdf2 and len(h) >= 2:
+            # BDF2 error constant 2/9 against the quadratic predictor's h^3 x''' (exact for equal
+            # steps): err ~ (2/9) |x - P| * 6 dt^2 / ((dt + h1)(dt + h1 + h2)).
+            h1, h2 = h[-1], h[-2]
+            err = (2.0 / 9.0) * diff * 6.0 * dt * dt / ((dt + h1) * (dt + h1 + h2))
+            return self.s.lte_tolerance / max(err, 1e-300), 2
+        # backward Euler against the linear predictor: err ~ dt / (dt + h1) |x - P|
+        err = diff * dt / (dt + h[-1])
+        return self.s.lte_tolerance / max(err, 1e-300), 1
 
     def advance_to(self, t_target: float, after_step: Callable[[float, float], None] | None = None,
                    stop_requested: Callable[[], bool] | None = None) -> None:
         """Integrate from ``self.t`` to exactly ``t_target``."""
         m = self.model
-        x, x_n = m.x.x.array, m.x_n.x.array
+        x, x_n, x_nm1 = m.x.x.array, m.x_n.x.array, m.x_nm1.x.array
         while self.t < t_target * (1 - 1e-15) and t_target - self.t > 1e-30:
             remaining = t_target - self.t
             dt = min(self.dt, self.s.dt_max, remaining)
             if remaining - dt < 0.05 * dt:  # do not leave a sliver before the breakpoint
                 dt = remaining
             t_new = t_target if dt == remaining else self.t + dt
-            if self._dt_prev is not None:
-                guess = x_n + (dt / self._dt_prev) * (x_n - self._prev)
-            else:
-                guess = x_n.copy()
+            # BDF2 once there is one accepted step since the last restart.
+            bdf2 = self.s.scheme == "bdf2" and len(self._steps) >= 1
+            m.set_scheme(dt / self._steps[-1] if bdf2 else None)
+            pred = self._predict(dt)
+            guess = pred if pred is not None else x_n.copy()
             if self.floating_charge is None:
                 v_new = self.voltage(t_new)
                 m.set_gate_voltage(v_new)
@@ -89,22 +137,12 @@ class TimeStepper:
             accept = res.converged
             factor = 0.25
             if accept:
-                if self._dt_prev is not None:
-                    pred = x_n + (dt / self._dt_prev) * (x_n - self._prev)
-                    err = self._gmax(x - pred) * dt / (dt + self._dt_prev)
-                    ratio = self.s.lte_tolerance / max(err, 1e-300)
-                    if ratio < 0.5:  # estimated error more than twice the tolerance
-                        accept = False
-                        factor = max(0.2, 0.9 * math.sqrt(ratio))
-                    else:
-                        factor = min(self.s.growth, 0.9 * math.sqrt(ratio))
+                ratio, order = self._error_ratio(x, pred, dt, bdf2)
+                if ratio < 0.5:  # estimated error more than twice the tolerance
+                    accept = False
+                    factor = max(0.2, 0.9 * ratio ** (1.0 / (order + 1)))
                 else:
-                    change = self._gmax(x - x_n)
-                    if change > 4 * self.s.max_change:
-                        accept = False
-                        factor = max(0.1, self.s.max_change / change)
-                    else:
-                        factor = min(self.s.growth, self.s.max_change / max(change, 1e-300))
+                    factor = min(self.s.growth, 0.9 * ratio ** (1.0 / (order + 1)))
             if not accept:
                 self.stats.rejected += 1
                 x[:] = x_n
@@ -112,18 +150,22 @@ class TimeStepper:
                 if self.dt < self.s.dt_min:
                     raise SolverFailure(
                         f"time step fell below dt_min = {self.s.dt_min:g} s at t = {self.t:.6g} s "
-                        f"(gate {self.gate_voltage:.4g} V{', floating' if self.floating_charge is not None else ''}); last Newton result: {res.reason}"
+                        f"(gate {self.gate_voltage:.4g} V{', floating' if self.floating_charge is not None else ''}); "
+                        f"last Newton result: {res.reason}"
                         f"{' ' + _residual_note(m) if not res.converged else ''}. "
                         "Try: a smaller solver.dt_initial, a finer mesh (mesh.h_min) at the interfaces, "
                         "longer pulse rise/fall times, or solver.newton_max_it larger; "
                         "PETSc options (solver.petsc_options) such as snes_monitor show the iteration.")
                 continue
-            # accepted
-            self._prev[:] = x_n
+            # accepted: shift the history
+            self._x_nm2[:] = x_nm1
+            x_nm1[:] = x_n
             x_n[:] = x
-            self._dt_prev = dt
+            self._steps.append(dt)
+            del self._steps[:-2]
             self.t = t_new
             self.gate_voltage = v_new
+            self._v_history = (self._v_history + [v_new])[-2:]
             self.stats.accepted += 1
             self.dt = dt * max(factor, 0.2)
             if after_step is not None:
@@ -132,19 +174,23 @@ class TimeStepper:
                 return
         self.t = t_target
 
-
     def _solve_floating(self, dt: float, guess: np.ndarray):
         """Open-circuit gate: find the gate voltage at which the terminal charge is unchanged.
 
         Secant iteration on V around the implicit step (each evaluation is a full Newton solve
-        from the same x_n); the first slope is the geometric gate capacitance, which is within a
-        few per cent of the true one because the PSG is thin against the screening lengths.
+        from the same x_n). The first V is extrapolated from the previous steps and the slope dQ/dV
+        is carried over from the last step (first time: the geometric gate capacitance), so a
+        step usually needs one or two solves. Tolerance: 1e-6 of C*kT/q, i.e. a few millionths of
+        an elementary charge on the reference device.
         """
         m = self.model
         target = self.floating_charge
-        tol = 1e-9 * self.gate_capacitance * m.scales.thermal_voltage + 1e-12 * abs(target)
+        tol = 1e-6 * self.gate_capacitance * m.scales.thermal_voltage
         v0 = self.gate_voltage
-        slope = self.gate_capacitance
+        hv = self._v_history
+        if len(hv) == 2 and len(self._steps) >= 1:
+            v0 = hv[-1] + dt / self._steps[-1] * (hv[-1] - hv[-2])
+        slope = self._floating_slope or self.gate_capacitance
         x = m.x.x.array
         q_prev = v_prev = None
         res = None
@@ -155,16 +201,16 @@ class TimeStepper:
             if not res.converged:
                 return res, v0
             q = m.terminal_charge()
+            if q_prev is not None and v0 != v_prev and q != q_prev:
+                slope = (q - q_prev) / (v0 - v_prev)
+                self._floating_slope = slope
             if abs(q - target) <= tol:
                 return res, v0
-            if q_prev is not None and abs(v0 - v_prev) > 0:
-                slope = (q - q_prev) / (v0 - v_prev) or slope
             q_prev, v_prev = q, v0
             guess = x.copy()
             v0 = v0 + (target - q) / slope
         from .model import StepResult
         return StepResult(False, res.iterations if res else 0, "floating-gate charge not matched"), v0
-
 
 def _residual_note(model: DeviceModel) -> str:
     last = model._last
