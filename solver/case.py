@@ -74,24 +74,63 @@ class Conditions(_Strict):
     temperature: Annotated[float, Field(gt=0, le=2000)] = Field(300.0, description="device temperature [K]")
 
 
-class Reservoir(_Strict):
-    """Pd/H gate: an electronic conductor (equipotential at the gate voltage) holding a finite
-    amount of hydrogen that exchanges protons with the electrolyte."""
+class Activated(_Strict):
+    """Arrhenius temperature dependence of a material's diffusivity."""
 
+    activation_energy: NonNegative = Field(0.0, description="activation energy of the diffusivity [eV]; the diffusivity given is its value at reference_temperature")
+    reference_temperature: Annotated[float, Field(gt=0)] = Field(300.0, description="temperature at which the diffusivity is given [K]")
+
+
+class Reservoir(Activated):
+    """Pd/H gate: an electronic conductor (equipotential at the gate voltage) holding hydrogen that
+    it exchanges with the electrolyte: a finite amount (closed stack), or an ideal reservoir at a
+    fixed hydrogen chemical potential (the protons it supplies are counted through the flux)."""
+
+    kind: Literal["finite", "fixed_potential"] = Field("finite", description="'finite': a closed, conserved hydrogen inventory; 'fixed_potential': ideal reservoir at the rest chemical potential")
     site_density: Positive = Field(description="interstitial H sites (Pd atoms) [m^-3]")
     proton_density: Positive = Field(description="hydrogen density at rest [m^-3]")
     diffusivity: Positive = Field(description="H diffusivity in the metal [m^2/s]")
 
 
-class Electrolyte(_Strict):
-    """Proton-conducting glass: mobile protons over an immobile negative background."""
+class Electrolyte(Activated):
+    """Proton-conducting glass: mobile protons over an immobile negative background.
+
+    Low-field diffusivity either given directly (``diffusivity``, with an optional Arrhenius
+    ``activation_energy``) or from the hopping parameters, D0 = a^2 nu exp(-W/kT)
+    (``attempt_frequency`` and ``barrier``), so that the sinh law's prefactor 2 a nu exp(-W/kT)
+    and the low-field mobility stay consistent (Einstein relation) at every temperature.
+    """
 
     relative_permittivity: Positive = Field(description="relative permittivity [-]")
     site_density: Positive = Field(description="proton sites (upper bound of the mobile density) [m^-3]")
     proton_density: Positive = Field(description="mobile proton density at rest [m^-3]")
     fixed_charge_density: NonNegative | None = Field(None, description="immobile negative background, in elementary charges [m^-3]; default: equal to proton_density (neutral glass)")
-    diffusivity: Positive = Field(description="low-field proton diffusivity D0 [m^2/s]")
+    diffusivity: Positive | None = Field(None, description="low-field proton diffusivity D0 at reference_temperature [m^2/s] (or give attempt_frequency and barrier)")
     hopping_distance: NonNegative = Field(0.0, description="hop distance a of the sinh high-field law [m]; 0 gives ordinary Nernst-Planck drift")
+    attempt_frequency: Positive | None = Field(None, description="hop attempt frequency nu [1/s] (with barrier, instead of diffusivity)")
+    barrier: NonNegative | None = Field(None, description="hop barrier W [eV] (with attempt_frequency, instead of diffusivity)")
+
+    @model_validator(mode="after")
+    def _one_diffusivity(self):
+        hop = (self.attempt_frequency is not None, self.barrier is not None)
+        if self.diffusivity is not None and any(hop):
+            raise ValueError("give either diffusivity or attempt_frequency and barrier, not both")
+        if self.diffusivity is None:
+            if not all(hop):
+                raise ValueError("needs diffusivity, or attempt_frequency and barrier")
+            if self.hopping_distance == 0:
+                raise ValueError("attempt_frequency and barrier need hopping_distance > 0")
+            if self.activation_energy:
+                raise ValueError("activation_energy is implied by barrier; do not give both")
+        return self
+
+    def diffusivity_at(self, temperature: float) -> float:
+        """Low-field diffusivity at ``temperature`` [m^2/s]."""
+        import math
+        if self.diffusivity is None:
+            k_ev = 8.617333262e-5
+            return self.hopping_distance**2 * self.attempt_frequency * math.exp(-self.barrier / (k_ev * temperature))
+        return _arrhenius(self.diffusivity, self.activation_energy, temperature, self.reference_temperature)
 
     @property
     def background(self) -> float:
@@ -132,15 +171,58 @@ class Conductivity(_Strict):
         return self
 
 
-class Channel(_Strict):
+class DiffusivityTable(_Strict):
+    """Concentration-dependent diffusivity D(c), log-log interpolated, constant beyond the ends
+    (H in WO3: ~1e-13 m^2/s at low content falling to ~1e-15 m^2/s at high content)."""
+
+    densities: list[Positive] = Field(min_length=2, description="proton densities, increasing [m^-3]")
+    diffusivities: list[Positive] = Field(min_length=2, description="diffusivities at those densities and reference_temperature [m^2/s]")
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if len(self.densities) != len(self.diffusivities):
+            raise ValueError("densities and diffusivities must have equal length")
+        if any(b <= a for a, b in zip(self.densities, self.densities[1:])):
+            raise ValueError("densities must be strictly increasing")
+        return self
+
+
+class Channel(Activated):
     """WO3 channel: inserted protons, electrons in equilibrium with the grounded source/drain."""
 
     relative_permittivity: Positive = Field(description="relative permittivity [-]")
     site_density: Positive = Field(description="proton sites (W atoms) [m^-3]")
     proton_density: Positive = Field(description="inserted proton density at rest [m^-3]")
-    diffusivity: Positive = Field(description="proton diffusivity [m^2/s]")
+    diffusivity: Positive = Field(description="proton diffusivity at reference_temperature [m^2/s] (at the rest density when diffusivity_table is given, which then scales it)")
+    diffusivity_table: DiffusivityTable | None = Field(None, description="concentration-dependent diffusivity D(c)")
     donor_density: NonNegative = Field(0.0, description="immobile positive background (e.g. oxygen vacancies) compensated by electrons [m^-3]")
     conductivity: Conductivity
+
+
+class Interface(_Strict):
+    """Proton transfer across an interface: continuous electrochemical potential (fast kinetics),
+    or Butler-Volmer kinetics j = j0 [exp(alpha dw) - exp(-(1 - alpha) dw)], dw the jump of the
+    proton electrochemical potential in kT, j0 optionally scaled with the site occupancies."""
+
+    kinetics: Literal["continuous", "butler_volmer"] = Field("continuous", description="'continuous' (the fast-kinetics limit) or 'butler_volmer'")
+    exchange_rate: Positive | None = Field(None, description="exchange rate j0 at rest and reference_temperature [protons m^-2 s^-1] (butler_volmer)")
+    transfer_coefficient: Annotated[float, Field(gt=0, lt=1)] = Field(0.5, description="alpha [-] (butler_volmer)")
+    occupancy_dependent: bool = Field(True, description="scale j0 by (theta1/theta1_rest)^(1-alpha) (theta2/theta2_rest)^alpha ((1-theta2)/(1-theta2_rest))^(1-alpha): no transfer out of empty or into full sites")
+    activation_energy: NonNegative = Field(0.0, description="activation energy of j0 [eV]")
+    reference_temperature: Annotated[float, Field(gt=0)] = Field(300.0, description="temperature at which exchange_rate is given [K]")
+
+    @model_validator(mode="after")
+    def _rate(self):
+        if self.kinetics == "butler_volmer" and self.exchange_rate is None:
+            raise ValueError("kinetics 'butler_volmer' needs exchange_rate")
+        if self.kinetics == "continuous" and self.exchange_rate is not None:
+            raise ValueError("exchange_rate is only used with kinetics = 'butler_volmer'")
+        return self
+
+
+class Interfaces(_Strict):
+    reservoir_electrolyte: Interface = Interface()
+    electrolyte_channel: Interface = Interface()
 
 
 class Materials(_Strict):
@@ -171,10 +253,11 @@ class SolverSettings(_Strict):
     scheme: Literal["bdf2", "bdf1"] = Field("bdf2", description="time integrator: variable-step BDF2 (backward Euler after each restart) or backward Euler throughout")
     dt_initial: Positive = Field(1e-13, description="first time step after each pulse edge [s]")
     dt_min: Positive = Field(1e-20, description="smallest time step before the run gives up [s]")
-    dt_max: Positive = Field(0.25, description="largest time step [s]")
+    dt_max: Positive = Field(0.05, description="largest time step [s]; the error estimate under-resolves the slow back-flow through the glass above ~0.1 s (checked against the independent finite-volume solver)")
     max_change: Positive = Field(2.0, description="target change of the scaled unknowns (in kT/q) in the first step after a breakpoint [-]")
     lte_tolerance: Positive = Field(0.05, description="local error per step of the scaled unknowns (in kT/q), estimated against a linear predictor [-]")
-    growth: Annotated[float, Field(gt=1.0, le=10.0)] = Field(4.0, description="largest step growth factor [-]")
+    charge_tolerance: Positive = Field(1e-2, description="local error per step of the protons held at any vertex (device totals) [protons]")
+    growth: Annotated[float, Field(gt=1.0, le=10.0)] = Field(2.4, description="largest step growth factor [-]; variable-step BDF2 is zero-stable for ratios below 1 + sqrt(2)")
     newton_max_it: Annotated[int, Field(ge=1, le=200, strict=True)] = Field(30, description="Newton iterations before a step is rejected [-]")
     transport_tolerance: Annotated[float, Field(gt=0, le=1e-3)] = Field(1e-13, description="l1 transport residual per step, relative to the proton inventory [-]")
     potential_tolerance: Annotated[float, Field(gt=0, le=1.0)] = Field(1e-9, description="sup-norm of the last Newton update of the scaled unknowns [-]")
@@ -206,6 +289,7 @@ class Case(_Strict):
     mesh: MeshSettings = MeshSettings()
     conditions: Conditions = Conditions()
     materials: Materials
+    interfaces: Interfaces = Interfaces()
     protocol: Protocol
     solver: SolverSettings = SolverSettings()
     output: OutputSettings = OutputSettings()
@@ -240,6 +324,12 @@ class Case(_Strict):
     @property
     def field_times(self) -> list[float]:
         return sorted(self.output.field_times)
+
+
+def _arrhenius(value: float, ea_ev: float, temperature: float, reference: float) -> float:
+    import math
+    k_ev = 8.617333262e-5
+    return value * math.exp(-ea_ev / k_ev * (1.0 / temperature - 1.0 / reference))
 
 
 class _KeyedError(ValueError):

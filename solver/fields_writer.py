@@ -25,6 +25,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+# h5py must be imported before DOLFINx initialises its own HDF5 library (the first XDMF write);
+# imported later in the same process it fails with "ValueError: Not a datatype".
+import h5py
 import numpy as np
 from mpi4py import MPI
 
@@ -152,7 +155,6 @@ class FieldWriter:
         self._n_points = imap.size_global
         self._n_cells_global = self.comm.allreduce(self._num_cells, op=MPI.SUM)
         if self.comm.rank == 0:
-            import h5py
 
             pts = np.concatenate([p[0] for p in parts]).astype(np.float64)
             con = np.concatenate([p[1] for p in parts]).astype(np.int64)
@@ -211,7 +213,6 @@ class FieldWriter:
         }
         if self.comm.rank != 0:
             return
-        import h5py
 
         def append(ds, arr):
             n0 = ds.shape[0]

@@ -3,8 +3,11 @@
 Unknowns (P1 Lagrange on the whole device, one mixed space):
 
 * ``u`` — electrostatic potential in units of kT/q;
-* ``w`` — proton electrochemical potential in units of kT, continuous across the interfaces
-  (the fast-kinetics limit of interface transfer).
+* ``w`` — proton electrochemical potential in units of kT. Regions joined by a ``continuous``
+  interface (the fast-kinetics limit) share one continuous w field; a ``butler_volmer`` interface
+  separates two fields, coupled by the interface rate through an interior-facet integral. Each
+  field lives on the whole mesh but is pinned (Dirichlet 0) on the dofs that touch none of its
+  regions' cells, which keeps standard assembly and the parallel layout unchanged.
 
 The proton density is a function of the unknowns, never an unknown itself::
 
@@ -44,7 +47,9 @@ from petsc4py import PETSc
 
 from protonfem.meshes import tags
 from .case import Case
-from .scaling import Q_E, Scales
+from . import physics
+from .physics import logistic, sinh_enhancement  # noqa: F401  (re-exported for callers)
+from .scaling import C0, L0, Q_E, Scales
 
 LUMPED = {"quadrature_rule": "vertex", "quadrature_degree": 1}
 #: Quadrature of the flux terms: the coefficient c(1-c/cmax) is exponential in the unknowns.
@@ -65,19 +70,6 @@ DEFAULT_PETSC_OPTIONS = {
     "snes_atol": 0.0,
     "snes_stol": 0.0,
 }
-
-
-def logistic(z):
-    """1/(1+exp(-z)) without overflow in either tail (both branches are exact)."""
-    ez = ufl.exp(-abs(z))
-    return ufl.conditional(ufl.ge(z, 0), 1.0 / (1.0 + ez), ez / (1.0 + ez))
-
-
-def sinh_enhancement(x2):
-    """g = sinh(x)/x as a function of x^2, smooth at 0 and capped where sinh would overflow."""
-    x = ufl.sqrt(ufl.min_value(x2, 300.0**2) + 1e-300)
-    series = 1.0 + x2 / 6.0 + x2 * x2 / 120.0
-    return ufl.conditional(ufl.lt(x2, 1e-4), series, ufl.sinh(x) / x)
 
 
 @dataclass
@@ -107,9 +99,25 @@ class DeviceModel:
 
         tdim = mesh.topology.dim
         mesh.topology.create_connectivity(tdim - 1, tdim)
+        T = case.conditions.temperature
+        m = case.materials
+        res, ele, chn = m.reservoir, m.electrolyte, m.channel
+
+        # ---- proton fields: regions joined by continuous interfaces share one w ------------------
+        links = {("reservoir", "electrolyte"): case.interfaces.reservoir_electrolyte,
+                 ("electrolyte", "channel"): case.interfaces.electrolyte_channel}
+        group_of = {"reservoir": 0, "electrolyte": 1, "channel": 2}
+        for (r1, r2), itf in links.items():
+            if itf.kinetics == "continuous":
+                old, new = group_of[r2], group_of[r1]
+                group_of = {k: (new if g == old else g) for k, g in group_of.items()}
+        ids = sorted(set(group_of.values()))
+        self.group_of = {k: ids.index(g) for k, g in group_of.items()}  # region name -> field index
+        self.n_groups = len(ids)
+
         cell = mesh.basix_cell()
         p1 = basix.ufl.element("Lagrange", cell, 1)
-        self.W = fem.functionspace(mesh, basix.ufl.mixed_element([p1, p1]))
+        self.W = fem.functionspace(mesh, basix.ufl.mixed_element([p1] * (1 + self.n_groups)))
         self.V1 = fem.functionspace(mesh, ("Lagrange", 1))
         self.DG0 = fem.functionspace(mesh, ("DG", 0))
 
@@ -118,44 +126,46 @@ class DeviceModel:
         self.x_nm1 = fem.Function(self.W, name="state_before_previous")
 
         # ---- per-region coefficients (DG0) --------------------------------------------------
-        m = case.materials
-        res, ele, chn = m.reservoir, m.electrolyte, m.channel
+        d_res = physics.arrhenius(res.diffusivity, res.activation_energy, T, res.reference_temperature)
+        d_ele = ele.diffusivity_at(T)
+        d_chn = physics.arrhenius(chn.diffusivity, chn.activation_energy, T, chn.reference_temperature)
         # The reservoir is a conductor: its permittivity only enters through Dirichlet rows.
         region = {
-            tags.RESERVOIR: dict(eps=1.0, D=res.diffusivity, cmax=res.site_density, c0=res.proton_density,
+            tags.RESERVOIR: dict(name="reservoir", eps=1.0, D=d_res, cmax=res.site_density, c0=res.proton_density,
                                  cfix=0.0, nd=0.0, n0=0.0, charged=0.0, a=0.0),
-            tags.ELECTROLYTE: dict(eps=ele.relative_permittivity, D=ele.diffusivity, cmax=ele.site_density,
+            tags.ELECTROLYTE: dict(name="electrolyte", eps=ele.relative_permittivity, D=d_ele, cmax=ele.site_density,
                                    c0=ele.proton_density, cfix=ele.background, nd=0.0, n0=0.0, charged=1.0,
                                    a=ele.hopping_distance),
-            tags.CHANNEL: dict(eps=chn.relative_permittivity, D=chn.diffusivity, cmax=chn.site_density,
+            tags.CHANNEL: dict(name="channel", eps=chn.relative_permittivity, D=d_chn, cmax=chn.site_density,
                                c0=chn.proton_density, cfix=0.0, nd=chn.donor_density,
                                n0=chn.proton_density + chn.donor_density, charged=1.0, a=0.0),
         }
+        for par in region.values():
+            par["e0"] = physics.rest_offset(par["c0"], par["cmax"])
         self.region_parameters = region
+        dofs0 = self.DG0.dofmap.list
 
-        def cellwise(name, key, convert):
+        def cellwise(name, values: dict):
             f = fem.Function(self.DG0, name=name)
-            dofs = self.DG0.dofmap.list
-            for tag, par in region.items():
-                cells = cell_tags.find(tag)
-                f.x.array[dofs[cells, 0]] = convert(par[key])
+            for tag, val in values.items():
+                f.x.array[dofs0[cell_tags.find(tag), 0]] = val
             f.x.scatter_forward()
             return f
 
-        self.eps_r = cellwise("eps_r", "eps", float)
-        self.rate = cellwise("D", "D", sc.rate)
-        self.cmax = cellwise("c_max", "cmax", sc.density)
-        # e0 = -logit(c0/cmax): the rest state w = u = 0 has the case's densities.
-        self.e0 = cellwise("e0", "c0", lambda c: 0.0)
-        for tag, par in region.items():
-            theta0 = par["c0"] / par["cmax"]
-            self.e0.x.array[self.DG0.dofmap.list[cell_tags.find(tag), 0]] = -math.log(theta0 / (1.0 - theta0))
-        self.e0.x.scatter_forward()
-        self.cfix = cellwise("c_fix", "cfix", sc.density)
-        self.nd = cellwise("N_D", "nd", sc.density)
-        self.n0 = cellwise("n0", "n0", sc.density)
-        self.charged = cellwise("charged", "charged", float)
-        self.a_half = cellwise("a_half", "a", lambda a: 0.5 * sc.length(a))
+        def per_region(key, convert=float):
+            return {tag: convert(par[key]) for tag, par in region.items()}
+
+        self.eps_r = cellwise("eps_r", per_region("eps"))
+        self.rate = cellwise("D", per_region("D", sc.rate))
+        self.cmax = cellwise("c_max", per_region("cmax", sc.density))
+        self.e0 = cellwise("e0", per_region("e0"))
+        self.cfix = cellwise("c_fix", per_region("cfix", sc.density))
+        self.nd = cellwise("N_D", per_region("nd", sc.density))
+        self.n0 = cellwise("n0", per_region("n0", sc.density))
+        self.charged = cellwise("charged", per_region("charged"))
+        self.a_half = cellwise("a_half", per_region("a", lambda a: 0.5 * sc.length(a)))
+        indicators = [cellwise(f"in_group_{g}", {tag: float(self.group_of[par["name"]] == g)
+                                                for tag, par in region.items()}) for g in range(self.n_groups)]
 
         # ---- forms ----------------------------------------------------------------------------
         self.dt = fem.Constant(mesh, default_scalar_type(1e-12))
@@ -166,21 +176,44 @@ class DeviceModel:
         self.dx = ufl.Measure("dx", domain=mesh, subdomain_data=cell_tags)
         self.dx_lumped = ufl.Measure("dx", domain=mesh, subdomain_data=cell_tags, metadata=LUMPED)
         self.dx_flux = ufl.Measure("dx", domain=mesh, metadata={"quadrature_degree": FLUX_DEGREE})
+        self.dS = ufl.Measure("dS", domain=mesh, subdomain_data=facet_tags)
 
-        u, w = ufl.split(self.x)
-        u_n, w_n = ufl.split(self.x_n)
-        u_nm1, w_nm1 = ufl.split(self.x_nm1)
-        v, q = ufl.TestFunctions(self.W)
+        def cell_field(fields):
+            # On every cell exactly one indicator is 1: the field of the cell's group.
+            return sum(ind * f for ind, f in zip(indicators, fields))
+
+        parts = ufl.split(self.x)
+        parts_n = ufl.split(self.x_n)
+        parts_nm1 = ufl.split(self.x_nm1)
+        tests = ufl.TestFunctions(self.W)
+        u, ws = parts[0], parts[1:]
+        u_n, u_nm1 = parts_n[0], parts_nm1[0]
+        v, qs = tests[0], tests[1:]
+        w = cell_field(ws)
+        q = cell_field(qs)
         self.u_expr, self.w_expr = u, w
         c = self.concentration(w, u)
-        c_n = self.concentration(w_n, u_n)
-        c_nm1 = self.concentration(w_nm1, u_nm1)
+        c_n = self.concentration(cell_field(parts_n[1:]), u_n)
+        c_nm1 = self.concentration(cell_field(parts_nm1[1:]), u_nm1)
         self.c_expr = c
-        theta = logistic(w - u - self.e0)
-        mobility = self.rate * self.cmax * theta * (1.0 - theta)
-        x2 = self.a_half**2 * ufl.inner(ufl.grad(u), ufl.grad(u))
-        gfac = sinh_enhancement(x2)
-        flux = -mobility * (ufl.grad(w) + (gfac - 1.0) * ufl.grad(u))
+        if chn.diffusivity_table is not None:
+            # D(c) in the channel: log-log table scaled so that D(c_rest) = diffusivity.
+            tab = chn.diffusivity_table
+            lc = [math.log(d) for d in tab.densities]
+            ld = [math.log(x) for x in tab.diffusivities]
+            xc = ufl.ln(C0 * c)
+            expr = ufl.as_ufl(ld[-1])
+            for i in range(len(lc) - 2, -1, -1):
+                seg = ld[i] + (ld[i + 1] - ld[i]) * (xc - lc[i]) / (lc[i + 1] - lc[i])
+                expr = ufl.conditional(ufl.lt(xc, lc[i + 1]), seg, expr)
+            expr = ufl.conditional(ufl.lt(xc, lc[0]), ld[0], expr)
+            import numpy as _np
+            d_rest = float(_np.exp(_np.interp(math.log(chn.proton_density), lc, ld)))
+            in_channel = cellwise("in_channel", {tag: float(tag == tags.CHANNEL) for tag in region})
+            rate = self.rate * (1.0 - in_channel + in_channel * ufl.exp(expr) / d_rest)
+        else:
+            rate = self.rate
+        flux = physics.hopping_flux(w, u, rate, self.cmax, self.e0, self.a_half)
         self.flux_expr = flux
         Gamma = sc.poisson_coupling
         rho = self.charge_density(c, u)
@@ -189,11 +222,30 @@ class DeviceModel:
         F_u = self.eps_r * ufl.inner(ufl.grad(u), ufl.grad(v)) * self.dx - Gamma * rho * v * self.dx_lumped
         a0, a1, a2 = self.bdf
         F_w = (a0 * c + a1 * c_n + a2 * c_nm1) * q * self.dx_lumped - self.dt * ufl.inner(flux, ufl.grad(q)) * self.dx_flux
+
+        # ---- Butler-Volmer interfaces: j from the upper region (1) to the lower one (2) ----------
+        self._interface_rates = {}
+        for (r1, r2), itf in links.items():
+            g1, g2 = self.group_of[r1], self.group_of[r2]
+            if g1 == g2:
+                continue
+            p1_, p2_ = region[tags.CELL_TAGS[r1]], region[tags.CELL_TAGS[r2]]
+            j0 = physics.arrhenius(itf.exchange_rate, itf.activation_energy, T, itf.reference_temperature)
+            j0 = j0 / (C0 * L0)  # protons m^-2 s^-1 -> scaled (C0 L0 per second)
+            w1, w2, uu = ws[g1]("+"), ws[g2]("+"), u("+")
+            alpha = itf.transfer_coefficient
+            if itf.occupancy_dependent:
+                th1 = physics.site_fraction(w1, uu, p1_["e0"])
+                th2 = physics.site_fraction(w2, uu, p2_["e0"])
+                t1r, t2r = p1_["c0"] / p1_["cmax"], p2_["c0"] / p2_["cmax"]
+                j0 = j0 * (th1 / t1r) ** (1 - alpha) * (th2 / t2r) ** alpha * ((1 - th2) / (1 - t2r)) ** (1 - alpha)
+            j = physics.butler_volmer(w1 - w2, j0, alpha)
+            tag = tags.INTERFACE_TAGS[frozenset((r1, r2))]
+            self._interface_rates[f"{r1}_{r2}"] = (j, tag)
+            F_w += self.dt * j * (qs[g1]("+") - qs[g2]("+")) * self.dS(tag)
         self.F = F_u + F_w
 
         # ---- boundary conditions ----------------------------------------------------------------
-        tdim = mesh.topology.dim
-        W0, _ = self.W.sub(0).collapse()
         res_cells = cell_tags.find(tags.RESERVOIR)
         gate_dofs = fem.locate_dofs_topological(self.W.sub(0), tdim, res_cells)
         self.bcs = [fem.dirichletbc(self.gate, gate_dofs, self.W.sub(0))]
@@ -202,6 +254,18 @@ class DeviceModel:
             sd_facets = np.concatenate([facet_tags.find(tags.SOURCE), facet_tags.find(tags.DRAIN)])
             self.contact_dofs = fem.locate_dofs_topological(self.W.sub(0), tdim - 1, sd_facets)
             self.bcs.append(fem.dirichletbc(default_scalar_type(0.0), self.contact_dofs, self.W.sub(0)))
+        for g in range(self.n_groups):
+            sub = self.W.sub(1 + g)
+            cells = np.concatenate([cell_tags.find(tags.CELL_TAGS[r]) for r, gg in self.group_of.items() if gg == g])
+            active = fem.locate_dofs_topological(sub, tdim, cells)
+            idle = np.setdiff1d(_collapsed_map(sub).astype(np.int32), active)
+            self.bcs.append(fem.dirichletbc(default_scalar_type(0.0), idle, sub))
+        self.fixed_reservoir = res.kind == "fixed_potential"
+        if self.fixed_reservoir:
+            # Ideal reservoir: hydrogen chemical potential w - u fixed at its rest value (0), so
+            # w follows the gate on every reservoir dof.
+            sub = self.W.sub(1 + self.group_of["reservoir"])
+            self.bcs.append(fem.dirichletbc(self.gate, fem.locate_dofs_topological(sub, tdim, res_cells), sub))
 
         # ---- nonlinear solver ------------------------------------------------------------------
         options = dict(DEFAULT_PETSC_OPTIONS)
@@ -212,6 +276,7 @@ class DeviceModel:
         self.snes = self.problem.solver
         self._setup_blocks()
         self.snes.setConvergenceTest(self._convergence_test)
+        self.snes.setLineSearchPreCheck(self._limit_update)
 
         # ---- derived quantities (compiled once) -------------------------------------------------
         self._inventory_forms = {name: fem.form(c * self.dx_lumped(tag)) for name, tag in tags.CELL_TAGS.items()}
@@ -226,33 +291,113 @@ class DeviceModel:
             self._contact_charge = fem.form(self.eps_r * ufl.inner(ufl.grad(u), ufl.grad(chi_sd)) * self.dx
                                             - Gamma * rho * chi_sd * self.dx_lumped)
         self._space_charge = fem.form(Gamma * rho * self.dx_lumped)
+        self._interface_forms = {name: fem.form(j * self.dS(tag)) for name, (j, tag) in self._interface_rates.items()}
 
     # ------------------------------------------------------------------------------------------
     def concentration(self, w, u):
-        return self.cmax * logistic(w - u - self.e0)
+        return self.cmax * physics.site_fraction(w, u, self.e0)
 
     def charge_density(self, c, u):
         # Electrons only where n0 > 0 (the channel); exp(u) stays bounded there because the
         # electrons themselves screen the field.
-        return self.charged * (c - self.cfix) + self.nd - self.n0 * ufl.exp(u)
+        return physics.space_charge(c, u, self.cfix, self.nd, self.n0, self.charged)
+
+    def interface_rates(self) -> dict[str, float]:
+        """Proton transfer rate through each Butler-Volmer interface, downward (protons/s)."""
+        return {name: self._sum(f) * self.scales.count for name, f in self._interface_forms.items()}
 
     def _setup_blocks(self):
         imap = self.W.dofmap.index_map
         n_owned = imap.size_local * self.W.dofmap.index_map_bs
         self._n_owned = n_owned
         masks = []
-        for i in range(2):
-            _, dofs = self.W.sub(i).collapse()
-            dofs = np.asarray(dofs)
+        for i in range(1 + self.n_groups):
+            dofs = _collapsed_map(self.W.sub(i))
             masks.append(np.sort(dofs[dofs < n_owned]))
-        self.u_dofs, self.w_dofs = masks
+        self.u_dofs = masks[0]
+        self.w_dofs = np.sort(np.concatenate(masks[1:]))
+        self._setup_error_weights()
         self.transport_atol = 1.0
         self.potential_tol = self.case.solver.potential_tolerance
         self._last = {}
 
+    def _setup_error_weights(self):
+        """Per-dof data for :meth:`error_weights`: for every w dof, the u dof at the same vertex and
+        the statistics (e0, c_max, rest density) of a region it belongs to."""
+        tdim = self.mesh.topology.dim
+        self._u_map = _collapsed_map(self.W.sub(0))
+        n = self.x.x.array.size
+        self._w_index, self._w_u, self._w_e0, self._w_cmax, self._w_c0, self._w_vol = [], [], [], [], [], []
+        for g in range(self.n_groups):
+            sub = self.W.sub(1 + g)
+            g_map = _collapsed_map(sub)
+            # collapsed P1 sub-spaces of one mixed element share their dof numbering
+            where = np.full(n, -1, dtype=np.int64)
+            where[g_map] = np.arange(g_map.size)
+            for tag, par in self.region_parameters.items():
+                if self.group_of[par["name"]] != g:
+                    continue
+                dofs = fem.locate_dofs_topological(sub, tdim, self.cell_tags.find(tag))
+                self._w_index.append(dofs)
+                self._w_u.append(self._u_map[where[dofs]])
+                k = dofs.size
+                # lumped volume of each dof's share of this region (vertex rule, as the inventory)
+                Vg, _ = sub.collapse()
+                vol = fem.assemble_vector(fem.form(ufl.TestFunction(Vg) * self.dx_lumped(tag)))
+                vol.scatter_reverse(_la_insert_add())
+                self._w_vol.append(vol.array[where[dofs]])
+                self._w_e0.append(np.full(k, par["e0"]))
+                self._w_cmax.append(np.full(k, par["cmax"] / C0))
+                self._w_c0.append(np.full(k, par["c0"] / C0))
+        cat = np.concatenate
+        self._w_index, self._w_u = cat(self._w_index), cat(self._w_u)
+        self._w_e0, self._w_cmax, self._w_c0 = cat(self._w_e0), cat(self._w_cmax), cat(self._w_c0)
+        self._w_vol = cat(self._w_vol)
+        self._w_owned = self._w_index < self._n_owned
+
+    def error_weights(self, x: np.ndarray) -> np.ndarray:
+        """Weights of the time-error and Newton-update norms: 1 for the potential; for w,
+        s / (s + 1e-3 s_rest) with s = theta (1 - theta) the sensitivity of the density to w.
+
+        Where the sites are nearly empty (depletion) or full (pile-up), w no longer moves any
+        charge or mass (its Jacobian row vanishes with s) and may wander; it must not drive the
+        step size or Newton's stopping test. Pinned (idle) dofs of a field get weight 0.
+        """
+        wgt = np.zeros_like(x)
+        wgt[self._u_map] = 1.0
+        z = x[self._w_index] - x[self._w_u] - self._w_e0
+        theta = np.exp(-np.logaddexp(0.0, -z))  # logistic without overflow
+        # dc/dw = c_max theta (1 - theta): w matters where it moves protons, not where the sites
+        # are empty (depletion) or full (site-limited pile-up).
+        sens = theta * (1.0 - theta)
+        theta0 = self._w_c0 / self._w_cmax
+        sens0 = theta0 * (1.0 - theta0)
+        wgt[self._w_index] = sens / (sens + 1e-3 * sens0)
+        return wgt
+
+    def _dof_density(self, x: np.ndarray) -> np.ndarray:
+        z = x[self._w_index] - x[self._w_u] - self._w_e0
+        return self._w_cmax * np.exp(-np.logaddexp(0.0, -z))
+
+    def proton_change(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Largest difference, over the vertices' shares of each region, of the protons held
+        between states x and y (device totals; MPI max). The kT norm of the unknowns cannot see a
+        slow leak of a few protons through a rest; this can."""
+        d = np.abs(self._dof_density(x) - self._dof_density(y)) * self._w_vol * self.scales.count
+        return self.comm.allreduce(float(d[self._w_owned].max(initial=0.0)), op=MPI.MAX)
+
     def set_transport_scale(self, inventory_scaled: float):
         """Absolute l1 tolerance of the transport residual, relative to the proton inventory."""
         self.transport_atol = self.case.solver.transport_tolerance * inventory_scaled
+
+    #: Largest change of any scaled unknown (kT/q) in one Newton iteration. Device simulators limit
+    #: the potential update the same way: a w dof whose row has nearly vanished (sites empty or
+    #: full) would otherwise receive an update of 1e10 or more and wreck the next iterate.
+    NEWTON_STEP_LIMIT = 20.0
+
+    def _limit_update(self, x, y):
+        arr = y.getArray()
+        np.clip(arr, -self.NEWTON_STEP_LIMIT, self.NEWTON_STEP_LIMIT, out=arr)
 
     def _convergence_test(self, snes, it, norms):
         # Block-aware test: PETSc's single residual norm mixes the Poisson and transport rows, so
@@ -262,7 +407,10 @@ class DeviceModel:
             self._last = {"rw": math.inf}
             return 0
         F = snes.getFunction()[0].getArray(readonly=True)
-        dx = snes.getSolutionUpdate().getArray(readonly=True)
+        # The update of w where protons are depleted moves no charge or mass: weigh it out (the
+        # same weights as the time-error norm).
+        n = self._n_owned
+        dx = snes.getSolutionUpdate().getArray(readonly=True) * self.error_weights(self.x.x.array)[:n]
         local = np.array([np.abs(F[self.w_dofs]).sum(), np.abs(dx).max(initial=0.0),
                           np.abs(F[self.u_dofs]).max(initial=0.0)])
         rw = self.comm.allreduce(local[0], op=MPI.SUM)
@@ -345,6 +493,17 @@ class DeviceModel:
         g = self.case.geometry
         return EPS0 * self.case.materials.electrolyte.relative_permittivity * g.channel_width * g.channel_length \
             / g.electrolyte_thickness
+
+
+def _la_insert_add():
+    from dolfinx import la
+    return la.InsertMode.add
+
+
+def _collapsed_map(sub) -> np.ndarray:
+    """Indices in the parent mixed space of a sub-space's dofs (local, ghosts included)."""
+    _, maps = sub.collapse()  # DOLFINx 0.11 returns the map wrapped in a list
+    return np.asarray(maps[0] if isinstance(maps, list) else maps, dtype=np.int64)
 
 
 def _reason_name(reason: int) -> str:

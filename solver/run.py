@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import dolfinx_solver  # noqa: F401
+from .fields_writer import FieldWriter  # first: it imports h5py before DOLFINx touches HDF5
 import dolfinx
 import numpy as np
 import ufl
@@ -33,7 +34,6 @@ from mpi4py import MPI
 
 from protonfem import __version__
 from .case import Case, case_hash, load_case
-from .fields_writer import FieldWriter
 from .mesh import create_device_mesh
 from .model import DeviceModel
 from .protocol import Waveform

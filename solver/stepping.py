@@ -92,22 +92,30 @@ class TimeStepper:
         return x_n + dt * d1 + dt * (dt + h1) * dd
 
     def _error_ratio(self, x: np.ndarray, pred: np.ndarray | None, dt: float, bdf2: bool) -> tuple[float, int]:
-        """(tolerance / estimated local error, order of the estimate) for the step just solved."""
+        """(tolerance / estimated local error, order of the estimate) for the step just solved.
+
+        Two norms, the stricter wins: the scaled unknowns in kT/q (weighted where they carry
+        protons), and the protons held at every vertex (``charge_tolerance``), which follows slow
+        leaks during rests that move a fraction of a kT over seconds.
+        """
+        m = self.model
+        weights = m.error_weights(x)
         if pred is None:
             # First step after a restart: no history, so limit the change of the unknowns.
-            change = self._gmax(x - self.model.x_n.x.array)
+            change = self._gmax(weights * (x - m.x_n.x.array))
             return self.s.max_change / max(change, 1e-300), 1
-        diff = self._gmax(x - pred)
+        diff = self._gmax(weights * (x - pred)) / self.s.lte_tolerance
+        diff = max(diff, m.proton_change(x, pred) / self.s.charge_tolerance)
         h = self._steps
         if bdf2 and len(h) >= 2:
-            # BDF2 error constant 2/9 against the quadratic predictor's h^3 x''' (exact for equal
+            # BDF2 error constant 2/9 against the quadratic predictor's h^3 x^(3) (exact for equal
             # steps): err ~ (2/9) |x - P| * 6 dt^2 / ((dt + h1)(dt + h1 + h2)).
             h1, h2 = h[-1], h[-2]
             err = (2.0 / 9.0) * diff * 6.0 * dt * dt / ((dt + h1) * (dt + h1 + h2))
-            return self.s.lte_tolerance / max(err, 1e-300), 2
+            return 1.0 / max(err, 1e-300), 2
         # backward Euler against the linear predictor: err ~ dt / (dt + h1) |x - P|
         err = diff * dt / (dt + h[-1])
-        return self.s.lte_tolerance / max(err, 1e-300), 1
+        return 1.0 / max(err, 1e-300), 1
 
     def advance_to(self, t_target: float, after_step: Callable[[float, float], None] | None = None,
                    stop_requested: Callable[[], bool] | None = None) -> None:

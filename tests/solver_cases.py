@@ -30,7 +30,16 @@ def short_case(path: Path, dim: int = 1, pulses_up: int = 2, pulses_down: int = 
         d = data
         for k in keys[:-1]:
             d = d.setdefault(k, {})
-        d[keys[-1]] = value
+        if value is None:  # None removes the key (tomli-w cannot write it)
+            d.pop(keys[-1], None)
+        else:
+            d[keys[-1]] = value
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(tomli_w.dumps(data).encode())
+    # Every MPI rank writes the same bytes: write to a rank-private file and rename, so that no
+    # rank ever reads a half-written case.
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(tomli_w.dumps(data).encode())
+    os.replace(tmp, path)
     return path

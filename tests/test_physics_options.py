@@ -1,0 +1,106 @@
+"""Device-physics options of the case file, each run end to end through the solver."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from mpi4py import MPI
+
+from protonfem.solver.run import Simulation
+from solver_cases import short_case
+
+COMM = MPI.COMM_WORLD
+
+
+@pytest.fixture
+def shared_tmp(tmp_path):
+    return Path(COMM.bcast(str(tmp_path), root=0))
+
+
+def _run(path: Path, out: Path) -> tuple[dict, list[dict]]:
+    summary = Simulation(path, out, progress=False).run()
+    assert summary["status"] == "completed", summary["message"]
+    COMM.Barrier()
+    with open(out / "series.csv", newline="") as fh:
+        return summary, list(csv.DictReader(fh))
+
+
+def _channel_uptake_at_pulse_end(rows):
+    return float(rows[1]["inventory_channel"]) - float(rows[0]["inventory_channel"])
+
+
+def test_butler_volmer_interface_limits_and_recovers_the_continuous_case(shared_tmp):
+    """Slow kinetics at PSG/WO3 hold the protons back during the pulse; fast kinetics give the
+    continuous-electrochemical-potential result (its defining limit)."""
+    base = dict(dim=1, pulses_up=1, pulses_down=0, rest=1e-3, output__fields=[])
+    _, cont = _run(short_case(shared_tmp / "cont.toml", **base), shared_tmp / "cont")
+    uptake = {}
+    for j0 in (1e20, 1e28):
+        summary, rows = _run(short_case(shared_tmp / f"bv{j0:g}.toml", interfaces__electrolyte_channel__kinetics="butler_volmer",
+                                        interfaces__electrolyte_channel__exchange_rate=j0, **base),
+                             shared_tmp / f"bv{j0:g}")
+        assert summary["conservation"]["max_inventory_error"] < 1e-10
+        uptake[j0] = _channel_uptake_at_pulse_end(rows)
+    ref = _channel_uptake_at_pulse_end(cont)
+    assert ref > 1.0  # protons per pulse into a 50 x 150 nm channel
+    assert uptake[1e28] == pytest.approx(ref, rel=0.01)
+    assert 0 < uptake[1e20] < 0.01 * ref
+
+
+def test_butler_volmer_runs_in_2d(shared_tmp):
+    path = short_case(shared_tmp / "bv2d.toml", dim=2, pulses_up=1, pulses_down=0, rest=1e-4, output__fields=[],
+                      interfaces__reservoir_electrolyte__kinetics="butler_volmer",
+                      interfaces__reservoir_electrolyte__exchange_rate=1e24)
+    summary, rows = _run(path, shared_tmp / "bv2d")
+    assert summary["conservation"]["max_inventory_error"] < 1e-10
+    assert float(rows[-1]["pulse_faradaic_charge_C"]) > 0
+
+
+def test_temperature_activates_transport(shared_tmp):
+    """Arrhenius: with an activation energy, a hotter device moves more protons per pulse; the
+    electrolyte's hopping parameters give D0 = a^2 nu exp(-W/kT) at every temperature."""
+    q = {}
+    for T in (300.0, 320.0):
+        path = short_case(shared_tmp / f"T{T:g}.toml", dim=1, pulses_up=1, pulses_down=0, rest=1e-3, output__fields=[],
+                          conditions__temperature=T, materials__electrolyte__diffusivity=None,
+                          materials__electrolyte__attempt_frequency=1e13, materials__electrolyte__barrier=0.654)
+        summary, _ = _run(path, shared_tmp / f"T{T:g}")
+        q[T] = summary["per_pulse"][0]["faradaic_charge_C"]
+    # D0 = a^2 nu exp(-W/kT) with W = 0.654 eV matches the reference D0 = 3.2e-17 m^2/s at 300 K
+    # and grows 4.8x by 320 K; the sinh factor falls a little (x ~ 1/T).
+    assert q[320.0] > 2 * q[300.0]
+
+
+def test_fixed_potential_reservoir_supplies_protons(shared_tmp):
+    path = short_case(shared_tmp / "fixed.toml", dim=1, pulses_up=1, pulses_down=0, rest=1e-3, output__fields=[],
+                      materials__reservoir__kind="fixed_potential")
+    summary, rows = _run(path, shared_tmp / "fixed")
+    # the reservoir stays at its rest density; the protons that entered the stack are the Faradaic charge
+    res = [float(r["inventory_reservoir"]) for r in rows]
+    assert max(res) == pytest.approx(min(res), rel=1e-12)
+    gained = sum(float(rows[-1][k]) - float(rows[0][k]) for k in ("inventory_electrolyte", "inventory_channel"))
+    assert gained * 1.602176634e-19 == pytest.approx(summary["per_pulse"][0]["faradaic_charge_C"], rel=1e-6)
+    assert gained > 1.0
+
+
+def test_concentration_dependent_channel_diffusivity(shared_tmp):
+    """A D(c) table equal to the constant diffusivity reproduces the constant case; a steep one
+    changes how the inserted protons spread into the channel during the rest."""
+    import numpy as np
+
+    base = dict(dim=1, pulses_up=1, pulses_down=0, rest=0.1, output__fields=[])
+    states = {}
+    for name, table in (("const", None),
+                        ("flat", {"densities": [1e24, 1e28], "diffusivities": [1e-15, 1e-15]}),
+                        ("steep", {"densities": [1e25, 1e27], "diffusivities": [1e-13, 1e-17]})):
+        extra = {} if table is None else {"materials__channel__diffusivity_table": table}
+        sim = Simulation(short_case(shared_tmp / f"d{name}.toml", **base, **extra), shared_tmp / f"d{name}",
+                         progress=False)
+        assert sim.run()["status"] == "completed"
+        states[name] = sim.model.x.x.array.copy()
+    scale = np.abs(states["const"]).max()
+    assert np.abs(states["flat"] - states["const"]).max() < 1e-8 * scale
+    # the inserted protons are ~1e-4 of the channel's content, so the whole state moves by ~1e-2 kT;
+    # a diffusivity 100x faster at low content and 100x slower at high content changes it by >1e-4 of that
+    assert np.abs(states["steep"] - states["const"]).max() > 1e-4 * scale
