@@ -124,7 +124,8 @@ def cmd_run(args) -> int:
 
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="protonfem", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="protonfem", description="protonfem: protonic programmable resistors from "
+                                "field equations (DOLFINx) to compact models and crossbar training")
     p.add_argument("--version", action="version", version=f"protonfem {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from protonfem.postprocess.cli_view import add_view_parser
     add_view_parser(sub)
+    from protonfem.solver.verification.report import add_verify_parser
+    add_verify_parser(sub)
     try:
         from protonfem.crossbar.cli import add_train_parser, run_train
     except ImportError:  # pragma: no cover - crossbar is part of the distribution
