@@ -187,6 +187,14 @@ class DiffusivityTable(_Strict):
         return self
 
 
+class RegularSolution(_Strict):
+    """Phase-separating channel (Li, Shen, del Alamo, Bazant 2025): chemical potential
+    kT ln(x/(1-x)) + Omega (1 - 2x) - kappa lap(x) of the site fraction x."""
+
+    interaction_energy: NonNegative = Field(description="regular-solution interaction Omega [eV]; above 2kT the channel phase-separates")
+    gradient_coefficient: Positive = Field(description="gradient-energy coefficient kappa [eV m^2]; sets the interface width sqrt(kappa/Omega)")
+
+
 class Channel(Activated):
     """WO3 channel: inserted protons, electrons in equilibrium with the grounded source/drain."""
 
@@ -196,6 +204,7 @@ class Channel(Activated):
     diffusivity: Positive = Field(description="proton diffusivity at reference_temperature [m^2/s] (at the rest density when diffusivity_table is given, which then scales it)")
     diffusivity_table: DiffusivityTable | None = Field(None, description="concentration-dependent diffusivity D(c)")
     donor_density: NonNegative = Field(0.0, description="immobile positive background (e.g. oxygen vacancies) compensated by electrons [m^-3]")
+    regular_solution: RegularSolution | None = Field(None, description="phase-separating (regular-solution + gradient-energy) chemical potential; default ideal")
     conductivity: Conductivity
 
 

@@ -115,9 +115,13 @@ class DeviceModel:
         self.group_of = {k: ids.index(g) for k, g in group_of.items()}  # region name -> field index
         self.n_groups = len(ids)
 
+        # A regular-solution channel carries its site fraction as an unknown of its own (the
+        # density is then no longer an explicit function of w): one more field, live on the channel.
+        self.phase_field = chn.regular_solution is not None
         cell = mesh.basix_cell()
         p1 = basix.ufl.element("Lagrange", cell, 1)
-        self.W = fem.functionspace(mesh, basix.ufl.mixed_element([p1] * (1 + self.n_groups)))
+        self.n_fields = 1 + self.n_groups + (1 if self.phase_field else 0)
+        self.W = fem.functionspace(mesh, basix.ufl.mixed_element([p1] * self.n_fields))
         self.V1 = fem.functionspace(mesh, ("Lagrange", 1))
         self.DG0 = fem.functionspace(mesh, ("DG", 0))
 
@@ -186,15 +190,27 @@ class DeviceModel:
         parts_n = ufl.split(self.x_n)
         parts_nm1 = ufl.split(self.x_nm1)
         tests = ufl.TestFunctions(self.W)
-        u, ws = parts[0], parts[1:]
+        G = self.n_groups
+        u, ws = parts[0], parts[1:1 + G]
         u_n, u_nm1 = parts_n[0], parts_nm1[0]
-        v, qs = tests[0], tests[1:]
+        v, qs = tests[0], tests[1:1 + G]
         w = cell_field(ws)
         q = cell_field(qs)
         self.u_expr, self.w_expr = u, w
-        c = self.concentration(w, u)
-        c_n = self.concentration(cell_field(parts_n[1:]), u_n)
-        c_nm1 = self.concentration(cell_field(parts_nm1[1:]), u_nm1)
+        in_channel = cellwise("in_channel", {tag: float(tag == tags.CHANNEL) for tag in region})
+        theta_field = None
+        if self.phase_field:
+            theta_field, theta_n, theta_nm1 = parts[-1], parts_n[-1], parts_nm1[-1]
+            # density from the site-fraction unknown on the channel, from w and u elsewhere
+            def dens(wf, uf, th):
+                return (1.0 - in_channel) * self.concentration(wf, uf) + in_channel * self.cmax * th
+            c = dens(w, u, theta_field)
+            c_n = dens(cell_field(parts_n[1:1 + G]), u_n, theta_n)
+            c_nm1 = dens(cell_field(parts_nm1[1:1 + G]), u_nm1, theta_nm1)
+        else:
+            c = self.concentration(w, u)
+            c_n = self.concentration(cell_field(parts_n[1:1 + G]), u_n)
+            c_nm1 = self.concentration(cell_field(parts_nm1[1:1 + G]), u_nm1)
         self.c_expr = c
         if chn.diffusivity_table is not None:
             # D(c) in the channel: log-log table scaled so that D(c_rest) = diffusivity.
@@ -209,11 +225,13 @@ class DeviceModel:
             expr = ufl.conditional(ufl.lt(xc, lc[0]), ld[0], expr)
             import numpy as _np
             d_rest = float(_np.exp(_np.interp(math.log(chn.proton_density), lc, ld)))
-            in_channel = cellwise("in_channel", {tag: float(tag == tags.CHANNEL) for tag in region})
             rate = self.rate * (1.0 - in_channel + in_channel * ufl.exp(expr) / d_rest)
         else:
             rate = self.rate
-        flux = physics.hopping_flux(w, u, rate, self.cmax, self.e0, self.a_half)
+        theta_all = None
+        if self.phase_field:
+            theta_all = (1.0 - in_channel) * physics.site_fraction(w, u, self.e0) + in_channel * theta_field
+        flux = physics.hopping_flux(w, u, rate, self.cmax, self.e0, self.a_half, theta=theta_all)
         self.flux_expr = flux
         Gamma = sc.poisson_coupling
         rho = self.charge_density(c, u)
@@ -222,6 +240,20 @@ class DeviceModel:
         F_u = self.eps_r * ufl.inner(ufl.grad(u), ufl.grad(v)) * self.dx - Gamma * rho * v * self.dx_lumped
         a0, a1, a2 = self.bdf
         F_w = (a0 * c + a1 * c_n + a2 * c_nm1) * q * self.dx_lumped - self.dt * ufl.inner(flux, ufl.grad(q)) * self.dx_flux
+        if self.phase_field:
+            # w - u = mu_chem / kT + e0 on the channel (Cahn-Hilliard in the electrochemical
+            # potential; the gradient term is the weak form of -kappa lap(theta)).
+            rs = chn.regular_solution
+            kT_ev = 8.617333262e-5 * T
+            omega = rs.interaction_energy / kT_ev
+            kappa = rs.gradient_coefficient / (kT_ev * L0**2)
+            th0 = chn.proton_density / chn.site_density
+            e0_rs = -float(math.log(th0 / (1 - th0))) - omega * (1 - 2 * th0)
+            self._channel_theta0 = th0
+            phi = tests[-1]
+            dxc = self.dx_lumped(tags.CHANNEL)
+            F_w += ((w - u - e0_rs - physics.regular_solution_potential(theta_field, omega, kappa)) * phi * dxc
+                    - kappa * ufl.inner(ufl.grad(theta_field), ufl.grad(phi)) * self.dx(tags.CHANNEL))
 
         # ---- Butler-Volmer interfaces: j from the upper region (1) to the lower one (2) ----------
         self._interface_rates = {}
@@ -237,6 +269,8 @@ class DeviceModel:
             if itf.occupancy_dependent:
                 th1 = physics.site_fraction(w1, uu, p1_["e0"])
                 th2 = physics.site_fraction(w2, uu, p2_["e0"])
+                if self.phase_field and r2 == "channel":
+                    th2 = theta_field("+")
                 t1r, t2r = p1_["c0"] / p1_["cmax"], p2_["c0"] / p2_["cmax"]
                 j0 = j0 * (th1 / t1r) ** (1 - alpha) * (th2 / t2r) ** alpha * ((1 - th2) / (1 - t2r)) ** (1 - alpha)
             j = physics.butler_volmer(w1 - w2, j0, alpha)
@@ -260,6 +294,12 @@ class DeviceModel:
             active = fem.locate_dofs_topological(sub, tdim, cells)
             idle = np.setdiff1d(_collapsed_map(sub).astype(np.int32), active)
             self.bcs.append(fem.dirichletbc(default_scalar_type(0.0), idle, sub))
+        if self.phase_field:
+            sub = self.W.sub(self.n_fields - 1)
+            active = fem.locate_dofs_topological(sub, tdim, cell_tags.find(tags.CHANNEL))
+            idle = np.setdiff1d(_collapsed_map(sub).astype(np.int32), active)
+            self.bcs.append(fem.dirichletbc(default_scalar_type(self._channel_theta0), idle, sub))
+            self._theta_dofs = _collapsed_map(sub)
         self.fixed_reservoir = res.kind == "fixed_potential"
         if self.fixed_reservoir:
             # Ideal reservoir: hydrogen chemical potential w - u fixed at its rest value (0), so
@@ -316,6 +356,9 @@ class DeviceModel:
             masks.append(np.sort(dofs[dofs < n_owned]))
         self.u_dofs = masks[0]
         self.w_dofs = np.sort(np.concatenate(masks[1:]))
+        if self.phase_field:
+            th = _collapsed_map(self.W.sub(self.n_fields - 1))
+            self._theta_owned = np.sort(th[th < n_owned])
         self._setup_error_weights()
         self.transport_atol = 1.0
         self.potential_tol = self.case.solver.potential_tolerance
@@ -373,6 +416,8 @@ class DeviceModel:
         theta0 = self._w_c0 / self._w_cmax
         sens0 = theta0 * (1.0 - theta0)
         wgt[self._w_index] = sens / (sens + 1e-3 * sens0)
+        if self.phase_field:
+            wgt[self._theta_dofs] = 10.0  # 0.1 in site fraction counts like 1 kT
         return wgt
 
     def _dof_density(self, x: np.ndarray) -> np.ndarray:
@@ -398,6 +443,12 @@ class DeviceModel:
     def _limit_update(self, x, y):
         arr = y.getArray()
         np.clip(arr, -self.NEWTON_STEP_LIMIT, self.NEWTON_STEP_LIMIT, out=arr)
+        if self.phase_field:
+            # keep the site fraction inside (0, 1): at most 90 % of the way to either bound
+            # (PETSc updates x - y)
+            th = self._theta_owned
+            xa = x.getArray(readonly=True)[th]
+            arr[th] = np.clip(arr[th], -0.9 * (1.0 - xa), 0.9 * xa)
 
     def _convergence_test(self, snes, it, norms):
         # Block-aware test: PETSc's single residual norm mixes the Poisson and transport rows, so
@@ -432,6 +483,18 @@ class DeviceModel:
     # ------------------------------------------------------------------------------------------
     def set_gate_voltage(self, volts: float):
         self.gate.value = volts / self.scales.thermal_voltage
+
+    def set_rest_state(self):
+        """u = w = 0 (the case's rest densities); a channel site-fraction field at its rest value."""
+        for f in (self.x, self.x_n, self.x_nm1):
+            f.x.array[:] = 0.0
+            if self.phase_field:
+                f.x.array[self._theta_dofs] = self._channel_theta0
+
+    def set_line_search(self, kind: str):
+        """'basic' (plain Newton, the default: robust at 5-10 V with step rejection) or 'bt'
+        (backtracking, the stepper's escalation after repeated failures)."""
+        self.snes.getLineSearch().setType(kind)
 
     def set_scheme(self, ratio: float | None):
         """Backward Euler (ratio None) or variable-step BDF2 with ratio = dt_n / dt_(n-1)."""

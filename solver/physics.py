@@ -48,16 +48,18 @@ def sinh_enhancement(x2):
     return ufl.conditional(ufl.lt(x2, 1e-4), series, ufl.sinh(x) / x)
 
 
-def hopping_flux(w, u, rate, cmax, e0, a_half):
+def hopping_flux(w, u, rate, cmax, e0, a_half, theta=None):
     """Proton flux of site-limited hopping with the high-field law (scaled).
 
     J = -D c (1 - c/c_max) [grad w + (g - 1) grad u],  g = sinh(x)/x,  x = (a/2)|grad u|.
     Equivalently J = -D grad c - D c (1 - theta) g grad u: Fick diffusion with D, and a drift
     velocity (2 D / a) sinh(q a E / 2kT) along E (times the free-site fraction), which is
     Nernst-Planck with the Einstein mobility at low field (g -> 1). ``a_half`` = a/2 in L0 units
-    (0: ordinary Nernst-Planck).
+    (0: ordinary Nernst-Planck). ``theta``: the site fraction when it is an unknown of its own
+    (regular-solution channel); by default it follows from w and u.
     """
-    theta = site_fraction(w, u, e0)
+    if theta is None:
+        theta = site_fraction(w, u, e0)
     occupancy = theta * (1.0 - theta)
     x2 = a_half**2 * ufl.inner(ufl.grad(u), ufl.grad(u))
     g = sinh_enhancement(x2)
@@ -85,3 +87,11 @@ def arrhenius(value_ref: float, activation_energy_ev: float, temperature: float,
     """value(T) = value_ref exp(-Ea/k (1/T - 1/T_ref)) for every activated rate."""
     k_ev = 8.617333262e-5
     return value_ref * math.exp(-activation_energy_ev / k_ev * (1.0 / temperature - 1.0 / reference_temperature))
+
+
+def regular_solution_potential(theta, omega, kappa):
+    """Chemical potential (kT) of a regular solution with gradient energy, minus the ideal part's
+    offset: ln(theta / (1 - theta)) + omega (1 - 2 theta), and -kappa lap(theta) enters the weak form
+    as +kappa grad(theta).grad(v). omega = Omega/kT (> 2: phase separation below the critical
+    temperature), kappa = gradient coefficient / (kT L0^2)."""
+    return ufl.ln(theta / (1.0 - theta)) + omega * (1.0 - 2.0 * theta)

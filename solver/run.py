@@ -193,8 +193,7 @@ class Simulation:
         conservative system: implicit steps of growing size until nothing changes."""
         m = self.model
         V = self.case.protocol.rest_voltage
-        m.x.x.array[:] = 0.0
-        m.x_n.x.array[:] = 0.0
+        m.set_rest_state()
         s = self.case.solver
         # Ramp the gate from 0 V (the exact rest state of the case's densities) to the rest voltage.
         stepper = TimeStepper(m, s, lambda t: V * min(1.0, t / 1e-9))

@@ -7,7 +7,8 @@ previous states (linear after one step, quadratic after two), times the scheme's
 read-out, requested output time) is hit exactly, and integration restarts there with
 ``dt_initial`` because the waveform's derivative jumps. A step whose Newton iteration fails, or
 whose error estimate is too large, is rejected: the state is restored and the step retried with a
-smaller dt, down to ``dt_min``; below that the run stops with :class:`SolverFailure`, saying what
+smaller dt (after 3 failures in a row with backward Euler from the last state, after 6 also with a
+backtracking Newton line search), down to ``dt_min``; below that the run stops with :class:`SolverFailure`, saying what
 failed and what to try.
 """
 from __future__ import annotations
@@ -55,6 +56,7 @@ class TimeStepper:
         self._x_nm2 = model.x_n.x.array.copy()
         self._steps: list[float] = []  # accepted step sizes since the last restart, newest last
         self._v_history: list[float] = []  # gate voltages of the last two accepted steps (floating)
+        self._rejects_in_row = 0
         self._floating_slope: float | None = None
 
     def _gmax(self, arr: np.ndarray) -> float:
@@ -128,6 +130,12 @@ class TimeStepper:
             if remaining - dt < 0.05 * dt:  # do not leave a sliver before the breakpoint
                 dt = remaining
             t_new = t_target if dt == remaining else self.t + dt
+            # Escalation after repeated failures: first drop to backward Euler from the last state
+            # (no extrapolated guess), then also let Newton backtrack.
+            if self._rejects_in_row == 3:
+                self._steps = []
+            if self._rejects_in_row == 6:
+                m.set_line_search("bt")
             # BDF2 once there is one accepted step since the last restart.
             bdf2 = self.s.scheme == "bdf2" and len(self._steps) >= 1
             m.set_scheme(dt / self._steps[-1] if bdf2 else None)
@@ -153,6 +161,7 @@ class TimeStepper:
                     factor = min(self.s.growth, 0.9 * ratio ** (1.0 / (order + 1)))
             if not accept:
                 self.stats.rejected += 1
+                self._rejects_in_row += 1
                 x[:] = x_n
                 self.dt = dt * factor
                 if self.dt < self.s.dt_min:
@@ -165,7 +174,10 @@ class TimeStepper:
                         "longer pulse rise/fall times, or solver.newton_max_it larger; "
                         "PETSc options (solver.petsc_options) such as snes_monitor show the iteration.")
                 continue
-            # accepted: shift the history
+            # accepted: shift the history, undo any escalation
+            if self._rejects_in_row >= 6:
+                m.set_line_search("basic")
+            self._rejects_in_row = 0
             self._x_nm2[:] = x_nm1
             x_nm1[:] = x_n
             x_n[:] = x

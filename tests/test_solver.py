@@ -141,3 +141,31 @@ def test_floating_gate_rest_holds_terminal_charge_and_retains_protons(shared_tmp
     _, end_h, read_h = results["held"]
     kept_held = float(read_h["pulse_faradaic_charge_C"]) / float(end_h["pulse_faradaic_charge_C"])
     assert kept_float > 0.9 and kept_held < 0.5
+
+
+def test_stepper_escalates_after_repeated_failures(shared_tmp, monkeypatch):
+    """Three failed Newton solves in a row switch to backward Euler from the last state; six
+    switch Newton to a backtracking line search, undone after the next accepted step."""
+    from protonfem.solver import model as model_mod
+
+    case = short_case(shared_tmp / "esc.toml", dim=1, pulses_up=1, pulses_down=0, rest=1e-6, output__fields=[])
+    calls = {"n": 0, "line_searches": []}
+    original_solve = model_mod.DeviceModel.solve_step
+    original_ls = model_mod.DeviceModel.set_line_search
+
+    def flaky(self, dt):
+        calls["n"] += 1
+        if 40 <= calls["n"] < 47:  # seven failures in a row in the middle of the pulse
+            return model_mod.StepResult(False, 1, "injected failure")
+        return original_solve(self, dt)
+
+    def record(self, kind):
+        calls["line_searches"].append(kind)
+        return original_ls(self, kind)
+
+    monkeypatch.setattr(model_mod.DeviceModel, "solve_step", flaky)
+    monkeypatch.setattr(model_mod.DeviceModel, "set_line_search", record)
+    summary = Simulation(case, shared_tmp / "esc", progress=False).run()
+    assert summary["status"] == "completed", summary["message"]
+    assert summary["steps"]["rejected"] >= 7
+    assert calls["line_searches"] == ["bt", "basic"]
