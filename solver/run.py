@@ -297,7 +297,7 @@ class Simulation:
             "host": platform.node(),
             "mesh": {"dimension": self.case.geometry.dimension,
                      "cells": m.mesh.topology.index_map(m.mesh.topology.dim).size_global if m else None,
-                     "dofs": m.W.dofmap.index_map.size_global * 2 if m else None},
+                     "dofs": m.W.dofmap.index_map.size_global * m.W.dofmap.index_map_bs if m else None},
             "pulses_total": len(self.waveform.pulses) if hasattr(self, "waveform") else None,
             "pulses_completed": len(pulses),
             "time_s": self.stepper.t if hasattr(self, "stepper") else 0.0,

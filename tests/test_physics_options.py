@@ -106,6 +106,7 @@ def test_concentration_dependent_channel_diffusivity(shared_tmp):
     assert np.abs(states["steep"] - states["const"]).max() > 1e-4 * scale
 
 
+@pytest.mark.serial  # ~4600 steps of spinodal decomposition: minutes when a 1-D mesh is split over ranks
 def test_regular_solution_channel_phase_separates(shared_tmp):
     """A regular-solution channel inside its spinodal splits into proton-poor and proton-rich phases
     after a pulse perturbs it (the filament picture of Li, Shen, del Alamo, Bazant 2025); the ideal

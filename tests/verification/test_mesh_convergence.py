@@ -14,6 +14,9 @@ from protonfem.solver.run import Simulation
 from solver_cases import short_case
 
 COMM = MPI.COMM_WORLD
+#: Five 1-D/2-D runs at tight time tolerances: serial only (a 1-D stack split over ranks is all
+#: communication; partition independence is tested in tests/test_solver.py).
+pytestmark = pytest.mark.serial
 #: One +10 V / 5 ns pulse; a short held rest keeps the test quick while the pulse-end charge is
 #: the quantity the mesh has to resolve (double layers at both interfaces).
 BASE = dict(pulses_up=1, pulses_down=0, rest=1e-3, output__fields=[], protocol__rest_gate="held",
