@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["add_view_parser", "run_view", "paraview_command"]
+__all__ = ["add_view_parser", "run_view", "paraview_command", "run_paraview"]
 
 PARAVIEW_SCRIPT = Path(__file__).with_name("paraview_render.py")
 
@@ -43,6 +43,27 @@ def paraview_command(results: Path, out_dir: Path, time_index: int = -1) -> list
     return cmd
 
 
+def run_paraview(results: Path, out_dir: Path, time_index: int = -1, attempts: int = 3,
+                 timeout: float = 300.0) -> subprocess.CompletedProcess:
+    """Run the pvbatch script, retrying when the virtual X server was not ready.
+
+    ``xvfb-run -a`` can hand pvbatch a display whose previous server (from a run a moment earlier)
+    is still shutting down: pvbatch then aborts with "bad X server connection". That is a
+    start-up race, not a rendering failure, so it is retried after a short pause.
+    """
+    import time
+
+    proc = None
+    for attempt in range(attempts):
+        proc = subprocess.run(paraview_command(results, out_dir, time_index), capture_output=True, text=True,
+                              timeout=timeout)
+        output = proc.stdout + proc.stderr
+        if proc.returncode == 0 or "X server" not in output:
+            return proc
+        time.sleep(1.0 + attempt)
+    return proc
+
+
 def run_view(args) -> int:
     results = Path(args.results)
     out_dir = Path(args.output) if args.output is not None else results / "plots"
@@ -50,7 +71,9 @@ def run_view(args) -> int:
         if shutil.which("pvbatch") is None:
             print("protonfem view: pvbatch not found (apt-get install paraview xvfb)", file=sys.stderr)
             return 2
-        proc = subprocess.run(paraview_command(results, out_dir, args.time_index))
+        proc = run_paraview(results, out_dir, args.time_index)
+        sys.stdout.write(proc.stdout)
+        sys.stderr.write(proc.stderr)
         return proc.returncode
     from .render import render_fields
 

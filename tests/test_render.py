@@ -130,22 +130,16 @@ def test_postprocess_imports_without_dolfinx(tmp_path):
     reason="ParaView route needs pvbatch and xvfb-run on PATH (apt-get install paraview xvfb)",
 )
 def test_paraview_render(results, tmp_path):
-    from protonfem.postprocess.cli_view import PARAVIEW_SCRIPT
+    from protonfem.postprocess.cli_view import run_paraview
 
     _, res = results
     out = tmp_path / "pv"
-    proc = subprocess.run(
-        ["xvfb-run", "-a", "pvbatch", str(PARAVIEW_SCRIPT), str(res), str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
+    proc = run_paraview(res, out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     names = sorted(p.name for p in out.glob("*.png"))
     assert names == ["potential_0001.png", "proton_density_0001.png"]
     for p in out.glob("*.png"):
         _png_ok(p)
     # missing results: clean error, exit status 2
-    proc = subprocess.run(
-        ["xvfb-run", "-a", "pvbatch", str(PARAVIEW_SCRIPT), str(tmp_path / "none"), str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
+    proc = run_paraview(tmp_path / "none", out)
     assert proc.returncode == 2 and "fields.xdmf" in proc.stderr
