@@ -329,11 +329,6 @@ class Case(_Strict):
                               f"must be smaller than electrolyte_thickness ({self.geometry.electrolyte_thickness:g} m)")
         return self
 
-    # ------------------------------------------------------------------
-    @property
-    def field_times(self) -> list[float]:
-        return sorted(self.output.field_times)
-
 
 def _arrhenius(value: float, ea_ev: float, temperature: float, reference: float) -> float:
     import math

@@ -232,10 +232,8 @@ class DeviceModel:
         if self.phase_field:
             theta_all = (1.0 - in_channel) * physics.site_fraction(w, u, self.e0) + in_channel * theta_field
         flux = physics.hopping_flux(w, u, rate, self.cmax, self.e0, self.a_half, theta=theta_all)
-        self.flux_expr = flux
         Gamma = sc.poisson_coupling
         rho = self.charge_density(c, u)
-        self.rho_expr = rho
 
         F_u = self.eps_r * ufl.inner(ufl.grad(u), ufl.grad(v)) * self.dx - Gamma * rho * v * self.dx_lumped
         a0, a1, a2 = self.bdf

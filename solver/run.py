@@ -322,7 +322,7 @@ class Simulation:
             write_json_atomic(self.outdir / "summary.json", self._summary(status, message))
 
     def _plot(self):
-        if self.comm.rank == 0 and any(r["event"] == "read" for r in self._rows) or (self.comm.rank == 0 and self._rows):
+        if self.comm.rank == 0:
             from protonfem.postprocess.plots import plot_conductance
             plot_conductance(self.outdir / "series.csv", self.outdir / "conductance.png", title=self.case.name)
 

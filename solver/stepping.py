@@ -14,7 +14,7 @@ failed and what to try.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -34,7 +34,6 @@ class StepStats:
     rejected: int = 0
     newton_iterations: int = 0
     last_reason: str = ""
-    history: list = field(default_factory=list)
 
 
 class TimeStepper:
