@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from protonfem import __version__
+from protonfem import __version__, logs
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 3
@@ -99,6 +99,12 @@ def cmd_run(args) -> int:
     if args.resume:
         _say("error: --resume: checkpoints are not written by this version; rerun the case", err=True)
         return EXIT_BAD_INPUT
+    if args.petsc_option:
+        try:
+            case = with_petsc_options(case, args.petsc_option)
+        except ValueError as exc:
+            _say(f"error: {exc}", err=True)
+            return EXIT_BAD_INPUT
     from protonfem.solver.run import Simulation
 
     try:
@@ -120,6 +126,40 @@ def cmd_run(args) -> int:
         return EXIT_INTERRUPTED
     _say(f"error: {case.name}: solve failed: {summary['message']} (results so far in {out})", err=True)
     return EXIT_FAILED
+
+
+def with_petsc_options(case, texts: list[str]):
+    """The case with ``--petsc-option KEY=VALUE`` merged over ``solver.petsc_options`` (the
+    command line wins), so the options reach the solver by the case's own route."""
+    options = dict(case.solver.petsc_options)
+    for text in texts:
+        key, value = logs.parse_petsc_option(text)
+        options[key] = value
+    return case.model_copy(update={"solver": case.solver.model_copy(update={"petsc_options": options})})
+
+
+# ---------------------------------------------------------------------------------------------
+def add_logging_options(parser: argparse.ArgumentParser) -> None:
+    """--log-level, -v/--verbose, --log-all-ranks (and -q/--quiet where the command has none)."""
+    g = parser.add_argument_group("logging")
+    g.add_argument("--log-level", choices=logs.LEVELS, default=None,
+                   help="console log level (default info; the run's log file records at least info)")
+    if "-v" not in parser._option_string_actions:
+        g.add_argument("-v", "--verbose", action="store_true", help="same as --log-level debug")
+    if "-q" not in parser._option_string_actions:
+        g.add_argument("-q", "--quiet", action="store_true", help="same as --log-level warning")
+    g.add_argument("--log-all-ranks", action="store_true",
+                   help="log from every MPI rank, each line prefixed with its rank (one log file per rank)")
+
+
+def console_level(args) -> str:
+    if getattr(args, "log_level", None):
+        return args.log_level
+    if getattr(args, "verbose", False):
+        return "debug"
+    if getattr(args, "quiet", False):
+        return "warning"
+    return "info"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("case", type=Path, metavar="CASE")
     r.add_argument("-o", "--output", type=Path, default=None, help="results directory (default results/<case>)")
     r.add_argument("--resume", action="store_true", help="continue from a checkpoint (not available yet)")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar, only warnings and errors on the console (the log file is complete)")
+    r.add_argument("--petsc-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="PETSc option for the nonlinear/linear solver, without prefix or dash, over the case's "
+                        "solver.petsc_options; repeatable; a flag as KEY= (e.g. --petsc-option snes_monitor=)")
     r.set_defaults(func=cmd_run)
 
     from protonfem.postprocess.cli_view import add_view_parser
@@ -158,12 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_train_parser(sub)
         sub.choices["train"].set_defaults(func=run_train)
+    for command in sub.choices.values():
+        add_logging_options(command)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logs.configure(console_level(args), all_ranks=args.log_all_ranks,
+                   command=list(argv) if argv is not None else sys.argv[1:])
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

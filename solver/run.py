@@ -8,18 +8,23 @@ Outputs in the results directory (all written so that a killed run leaves them r
 * ``fields.xdmf`` (+ ``.h5``) for ParaView and ``fields.vtkhdf`` for pyvista, flushed per write;
 * ``conductance.png`` — G against pulse number (atomic replace).
 
+``protonfem.log`` (and ``protonfem.rank<N>.log`` with ``--log-all-ranks``) records the set-up,
+equilibrium, every pulse and every warning, after a header with the command line, case hash,
+ranks, hosts and the PETSc options in effect (see :mod:`protonfem.logs`).
+
 SIGINT/SIGTERM set a flag that every rank checks after each accepted step (one collective), so all
 ranks stop at the same step and close their files together.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import platform
 import signal
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,10 +37,10 @@ import ufl
 from dolfinx import fem
 from mpi4py import MPI
 
-from protonfem import __version__
+from protonfem import __version__, logs
 from .case import Case, case_hash, load_case
 from .mesh import create_device_mesh
-from .model import DeviceModel
+from .model import DEFAULT_PETSC_OPTIONS, DeviceModel
 from .protocol import Waveform
 from .readout import ConductanceReadout
 from .scaling import C0, L0, Q_E
@@ -54,6 +59,8 @@ SERIES_COLUMNS = [
 ]
 #: Relative drift of the proton inventory above which a run warns (the tests assert it).
 INVENTORY_LIMIT = 1e-10
+
+log = logs.get_logger("run")
 
 
 class RunInterrupted(Exception):
@@ -149,6 +156,8 @@ class Simulation:
         self.readout = ConductanceReadout(m)
         self.waveform = Waveform(case.protocol)
         self.stepper = TimeStepper(m, case.solver, self.waveform.voltage)
+        self._log_setup()
+        self._watch_newton_failures()
         # output functions
         V1, DG0 = m.V1, m.DG0
         sc = m.scales
@@ -327,7 +336,37 @@ class Simulation:
             plot_conductance(self.outdir / "series.csv", self.outdir / "conductance.png", title=self.case.name)
 
     # ------------------------------------------------------------------------------------------
+    def petsc_options(self) -> dict:
+        """The options the model hands PETSc: its defaults, then the case's (and the command
+        line's, which the CLI has merged into the case)."""
+        options = dict(DEFAULT_PETSC_OPTIONS)
+        options["snes_max_it"] = self.case.solver.newton_max_it
+        options.update(self.case.solver.petsc_options)
+        return options
+
+    def _log_header(self) -> dict:
+        env = logs.environment_petsc_options()
+        return {
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "version": f"protonfem {__version__} (DOLFINx {dolfinx.__version__}, "
+                       f"{' '.join(MPI.Get_library_version().split()[:3])})",
+            "command": logs.command_line(),
+            "case": f"{self.case.name} ({self.case_path})",
+            "case hash": case_hash(self.case_path) if self.case_path.is_file() else "-",
+            "ranks": f"{self.comm.size} on {logs.hosts_summary(self.comm)}",
+            "PETSc options (prefix protonfem_)": logs.format_petsc_options(self.petsc_options()),
+            "PETSC_OPTIONS (environment)": env or "-",
+        }
+
     def run(self) -> dict:
+        """Run the case with its log file open in the results directory; returns the summary."""
+        if self.comm.rank == 0:
+            self.outdir.mkdir(parents=True, exist_ok=True)
+        self.comm.Barrier()
+        with logs.run_log_file(self.outdir, self.comm, self._log_header()):
+            return self._run_logged()
+
+    def _run_logged(self) -> dict:
         self._t0 = time.perf_counter()
         self._started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._hash = case_hash(self.case_path) if self.case_path.is_file() else None
@@ -347,20 +386,30 @@ class Simulation:
                     old[sig] = signal.signal(sig, self._handle_signal)
             self._write_summary("running")
             self._eq_steps = self._equilibrate()
+            log.info("equilibrium at the rest voltage %g V: %d steps", self.case.protocol.rest_voltage,
+                     self._eq_steps)
             self.stepper.t = 0.0
             self.stepper.gate_voltage = self.case.protocol.rest_voltage
             self.model.set_reservoir_reference()
             self.model.set_transport_scale(self.model.inventory_scaled())
             self._bookkeeping_reset()
-            self._row(0.0, "initial", None, self.readout.conductance())
+            row = self._row(0.0, "initial", None, self.readout.conductance())
+            log.info("initial conductance %.6g nS; %d pulses to run", row["conductance_S"] * 1e9,
+                     len(self.waveform.pulses))
             if self._wants_fields("initial", 0):
                 self._write_fields(0.0)
             self._run_protocol()
             status = "completed"
         except RunInterrupted:
             status, message = "interrupted", "stopped by signal; everything written so far is complete"
+            log.warning("interrupted by a signal after %d pulses; everything written so far is complete",
+                        sum(r["event"] == "read" for r in self._rows))
         except SolverFailure as exc:
             status, message = "failed", str(exc)
+            log.error("solve failed: %s", exc)
+        except BaseException:
+            log.exception("run aborted by an unexpected error")
+            raise
         finally:
             for sig, h in old.items():
                 signal.signal(sig, h)
@@ -374,9 +423,13 @@ class Simulation:
                 self._write_summary(status if status != "running" else "failed",
                                     message or ("" if status != "running" else "aborted by an exception"))
         summary = self._summary(status, message)
-        if status == "completed" and self._max_inv_err > INVENTORY_LIMIT and self.comm.rank == 0:
-            print(f"warning: proton inventory drifted by {self._max_inv_err:.3g} (limit {INVENTORY_LIMIT:g})",
-                  file=sys.stderr)
+        if status == "completed" and self._max_inv_err > INVENTORY_LIMIT:
+            log.warning("proton inventory drifted by %.3g (limit %g)", self._max_inv_err, INVENTORY_LIMIT)
+        if status == "completed":
+            log.info("completed: %d pulses, %d steps (%d rejected), %d Newton iterations, max inventory "
+                     "drift %.3g, %.1f s", summary["pulses_completed"], summary["steps"]["accepted"],
+                     summary["steps"]["rejected"], summary["steps"]["newton_iterations"], self._max_inv_err,
+                     summary["wall_time_s"])
         return summary
 
     def _pulse_voltage(self, p, v_start: float):
@@ -393,13 +446,10 @@ class Simulation:
         st = self.stepper
         pulses = self.waveform.pulses
         extra = sorted(self.case.output.field_times)
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-            bar = tqdm(total=len(pulses), desc=self.case.name, unit="pulse", file=sys.stderr,
-                       dynamic_ncols=True, leave=True)
-        try:
+        with logs.progress_bar(self.progress, total=len(pulses), desc=self.case.name, unit="pulse") as bar:
             for p in pulses:
+                before = dataclasses.replace(st.stats)
+                self._newton_failures.clear()
                 self._current_pulse = p
                 self._pulse_acc = dict(qd=0.0, qf=0.0, ed=0.0, ef=0.0)
                 stops = [(tt, "edge") for tt in p.edges[1:]]
@@ -431,12 +481,75 @@ class Simulation:
                         if self._wants_fields("rest_end", p.index):
                             self._write_fields(tt)
                 self._write_summary("running")
+                self._log_pulse(p, len(pulses), before)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(f"G={self._rows[-1]['conductance_S'] * 1e9:.4g} nS")
-        finally:
-            if bar is not None:
-                bar.close()
+
+    # ------------------------------------------------------------------------------------------
+    def _log_setup(self):
+        """Mesh size, how it is split over the ranks, and the solver PETSc actually set up."""
+        m, comm = self.model, self.comm
+        tdim = m.mesh.topology.dim
+        cells = m.mesh.topology.index_map(tdim)
+        dofs = m.W.dofmap.index_map
+        bs = m.W.dofmap.index_map_bs
+        owned = comm.gather((cells.size_local, dofs.size_local * bs), root=0)
+        log.info("mesh: %d-D, %d cells, %d dofs (%d fields)", self.case.geometry.dimension, cells.size_global,
+                 dofs.size_global * bs, m.n_fields)
+        if comm.size > 1 and comm.rank == 0:
+            log.info("partition over %d ranks: cells per rank %s; dofs per rank %s", comm.size,
+                     _spread([c for c, _ in owned]), _spread([d for _, d in owned]))
+        log.debug("rank %d owns %d cells and %d dofs", comm.rank, cells.size_local, dofs.size_local * bs)
+        ksp = m.snes.getKSP()
+        pc = ksp.getPC()
+        try:
+            factor = f" ({pc.getFactorSolverType()})" if pc.getType() in ("lu", "cholesky") else ""
+        except Exception:  # noqa: BLE001 - only for the log line
+            factor = ""
+        log.info("solver: SNES %s, KSP %s, PC %s%s", m.snes.getType(), ksp.getType(), pc.getType(), factor)
+
+    def _watch_newton_failures(self):
+        """Count failed Newton solves by reason, per pulse. The time stepper rejects and retries
+        them on its own (stepping.py); wrapping the model's solve at this one boundary lets the
+        log say why steps were rejected without the stepper knowing about logging."""
+        self._newton_failures = collections.Counter()
+        solve = self.model.solve_step
+
+        def solve_step(dt: float):
+            res = solve(dt)
+            if not res.converged:
+                self._newton_failures[res.reason] += 1
+                if res.reason.startswith("linear solver error"):
+                    log.warning("step of %.3g s rejected: %s", dt, res.reason)
+                else:
+                    log.debug("step of %.3g s rejected after %d Newton iterations: %s", dt, res.iterations,
+                              res.reason)
+            return res
+
+        self.model.solve_step = solve_step
+
+    def _log_pulse(self, p, n_pulses: int, before):
+        st = self.stepper.stats
+        read = self._rows[-1]
+        rejected = st.rejected - before.rejected
+        why = ""
+        if rejected:
+            newton = sum(self._newton_failures.values())
+            reasons = ", ".join(f"{n}x {r}" for r, n in self._newton_failures.most_common(3))
+            why = f" ({newton} Newton failures{': ' + reasons if reasons else ''}, " \
+                  f"{rejected - newton} by the error estimate)" if newton else " (by the error estimate)"
+        log.info("pulse %d/%d (train %d, %+g V): G = %.6g nS, %d steps, %d rejected%s, %d Newton its, "
+                 "inventory drift %.2g", p.index, n_pulses, p.train, p.amplitude, read["conductance_S"] * 1e9,
+                 st.accepted - before.accepted, rejected, why, st.newton_iterations - before.newton_iterations,
+                 read["inventory_error"], extra=logs.PROGRESS)
+
+
+def _spread(values: list[int]) -> str:
+    """All values for a few ranks, min/mean/max for many."""
+    if len(values) <= 8:
+        return " ".join(map(str, values))
+    return f"min {min(values)}, mean {sum(values) / len(values):.0f}, max {max(values)}"
 
 
 def threading_main() -> bool:
