@@ -139,6 +139,11 @@ def with_petsc_options(case, texts: list[str]):
 
 
 # ---------------------------------------------------------------------------------------------
+#: Sub-commands that log through protonfem.logs (the others print their own output) and so take
+#: the logging options; a sub-command added to the parser under one of these names gets them.
+LOGGING_COMMANDS = {"run", "sweep"}
+
+
 def add_logging_options(parser: argparse.ArgumentParser) -> None:
     """--log-level, -v/--verbose, --log-all-ranks (and -q/--quiet where the command has none)."""
     g = parser.add_argument_group("logging")
@@ -202,15 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_train_parser(sub)
         sub.choices["train"].set_defaults(func=run_train)
-    for command in sub.choices.values():
-        add_logging_options(command)
+    for name in LOGGING_COMMANDS & set(sub.choices):
+        add_logging_options(sub.choices[name])
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.configure(console_level(args), all_ranks=args.log_all_ranks,
+    logs.configure(console_level(args), all_ranks=getattr(args, "log_all_ranks", False),
                    command=list(argv) if argv is not None else sys.argv[1:])
     try:
         return int(args.func(args) or 0)
