@@ -32,7 +32,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from protonfem.crossbar.families import (E_CHARGE, FAMILIES, K_BOLTZMANN, Family, GaussianScatter, ShotScatter,
                                          SinhPowerCondition)
@@ -399,6 +398,8 @@ def fit_family(table: PulseTable, family_name: str, *, emit_warnings: bool = Tru
 
     ``warm_start``: a fit of the same family (e.g. to all the data) whose free parameters replace
     the start points; cross-validation uses it so each fold needs one short descent."""
+    from scipy.optimize import least_squares  # here: `protonfem --help` should not pay for SciPy
+
     if family_name not in FITTABLE_FAMILIES:
         raise ValueError(f"family {family_name!r} cannot be fitted (fittable: {', '.join(FITTABLE_FAMILIES)})")
     if len(table) < 2:
