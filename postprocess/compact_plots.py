@@ -102,9 +102,9 @@ def _condition_means(table: PulseTable, d: int, key: str):
     m = table["direction"] == d
     vals = np.abs(table[key][m])
     dG = np.abs(table["dG_S"][m])
-    xs = np.unique(np.round(vals, 15))
-    means = np.array([dG[np.isclose(vals, x)].mean() for x in xs])
-    stds = np.array([dG[np.isclose(vals, x)].std() for x in xs])
+    xs = np.unique([float(f"{v:.9g}") for v in vals])  # significant digits: widths are ~1e-9
+    means = np.array([dG[np.isclose(vals, x, rtol=1e-9, atol=0.0)].mean() for x in xs])
+    stds = np.array([dG[np.isclose(vals, x, rtol=1e-9, atol=0.0)].std() for x in xs])
     return xs, means, stds
 
 
@@ -134,7 +134,7 @@ def _plot_dg_vs_condition(table: PulseTable, fit: FamilyFit, path, vary: str, la
         ref = _ref(fit, d) if fit.condition is not None else None
         m = table["direction"] == d
         if ref is not None:
-            m &= np.isclose(np.abs(table[held]), ref["width" if held == "width_s" else "amplitude"])
+            m &= np.isclose(np.abs(table[held]), ref["width" if held == "width_s" else "amplitude"], rtol=1e-9, atol=0.0)
         if not m.any():
             continue
         xs, mean, std = _condition_means(table.select(m), d, vary)

@@ -201,8 +201,9 @@ def _setup(name: str, table: PulseTable, st: _DataStats) -> _Setup:
         gmin, gmax, half, up, dn = _soft_start(table, st, mu)
         dGs, uds = _step_start(up, dn)
         free = {"G_min": gmin, "G_max": gmax, "dG": dGs, "up_down": uds}
-        lo = {"G_min": 1e-6 * max(st.G_lo, 1e-30), "G_max": st.G_hi - 0.1 * st.span, "dG": 0.0, "up_down": -0.99}
-        hi = {"G_min": st.G_lo + 0.1 * st.span, "G_max": 1e3 * st.G_hi, "dG": math.inf, "up_down": 0.99}
+        # the bounds may lie inside the observed range by half of it (noisy read-outs overshoot them)
+        lo = {"G_min": 1e-6 * max(st.G_lo, 1e-30), "G_max": st.G_hi - 0.5 * st.span, "dG": 0.0, "up_down": -0.99}
+        hi = {"G_min": st.G_lo + 0.5 * st.span, "G_max": 1e3 * st.G_hi, "dG": math.inf, "up_down": 0.99}
         starts = [free]
         if name == "pow_step":
             starts = [dict(free, gamma=g) for g in (1.0, 0.5, 2.0)]
@@ -345,6 +346,8 @@ class FamilyFit:
     reference: dict                       # T [K], d [m] of the reference condition
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    at_bound: list[str] = field(default_factory=list)       # free parameters stopped on a search bound
+    unidentified: list[str] = field(default_factory=list)   # free parameters the data do not determine
     cv_rmse: float = math.nan
     cv_scheme: str = ""
 
@@ -355,6 +358,11 @@ class FamilyFit:
     @property
     def k(self) -> int:
         return len(self.free) + len(self.condition_free)
+
+    @property
+    def clean(self) -> bool:
+        """Converged, every free parameter inside its search box and determined by the data."""
+        return self.success and not self.at_bound and not self.unidentified
 
     def predict(self, table: PulseTable) -> np.ndarray:
         return _predict(self.family, self.params, self.condition, self.condition_params, table, self.reference)
@@ -472,6 +480,7 @@ def fit_family(table: PulseTable, family_name: str, *, emit_warnings: bool = Tru
                   for m in (table["direction"] > 0, table["direction"] < 0) if m.any())
     msr = max(wssr / n, 1e-300)
     warn, notes = [], list(setup.notes) + cnotes
+    at_bound, unidentified = [], []
     # uncertainties: cov = s^2 (J^T J)^-1 with s^2 = SSR/(n-k), from the Jacobian at the optimum
     std_x = np.full(k, math.inf)
     J = res.jac
@@ -496,9 +505,11 @@ def fit_family(table: PulseTable, family_name: str, *, emit_warnings: bool = Tru
                             "these data (J^T J singular); their uncertainties are not meaningful")
                 for nm in involved:
                     std_x[names.index(nm)] = math.inf
+                unidentified += involved
         for nm, i in zip(names, ident):
             if not i:
                 warn.append(f"{family_name}: parameter {nm} does not affect the fit (no data constrain it)")
+                unidentified.append(nm)
     elif n <= k:
         warn.append(f"{family_name}: {n} pulses for {k} free parameters: no uncertainties")
     std = {nm: float(sx * sc) for nm, sx, sc in zip(names, std_x, scale)}
@@ -506,6 +517,7 @@ def fit_family(table: PulseTable, family_name: str, *, emit_warnings: bool = Tru
         width = (hi_ - lo_) if math.isfinite(hi_ - lo_) else max(1.0, abs(lo_))
         for side, b in (("lower", lo_), ("upper", hi_)):
             if math.isfinite(b) and abs(x - b) <= 1e-6 * width + 1e-9 * abs(b):
+                at_bound.append(nm)
                 warn.append(f"{family_name}: parameter {nm} = {x * scale[names.index(nm)]:.4g} sits on its {side} "
                             "search bound: the data push it beyond, its uncertainty is not meaningful")
     r2 = 1.0 - ssr / sst if sst > 0 else math.nan
@@ -521,7 +533,7 @@ def fit_family(table: PulseTable, family_name: str, *, emit_warnings: bool = Tru
                     rmse=math.sqrt(ssr / n), r2=r2, r2_within_direction=r2w,
                     aic=n * math.log(msr) + 2 * k, bic=n * math.log(msr) + k * math.log(n),
                     predicted=pred, residuals=resid_S, success=bool(res.success), message=str(res.message),
-                    reference=ref, warnings=warn, notes=notes)
+                    reference=ref, warnings=warn, notes=notes, at_bound=at_bound, unidentified=unidentified)
     if emit_warnings:
         for w in warn:
             warnings.warn(w, FitWarning, stacklevel=2)
@@ -590,11 +602,13 @@ def fit_families(table: PulseTable, families=None, *, cv: bool = True, folds: in
 
 
 def choose_best(fits: list[FamilyFit]) -> FamilyFit:
-    """Lowest BIC; families within :data:`BIC_TIE` of it count as equally good and the one with the
-    fewest free parameters (then the simplest in :data:`FITTABLE_FAMILIES`) is taken."""
+    """Lowest BIC among the clean fits (converged, no parameter on a search bound or undetermined;
+    all fits when none is clean); families within :data:`BIC_TIE` of it count as equally good and
+    the one with the fewest free parameters (then the simplest in :data:`FITTABLE_FAMILIES`) is
+    taken."""
     if not fits:
         raise ValueError("no successful fit to choose from")
-    ok = [f for f in fits if math.isfinite(f.bic)] or fits
+    ok = [f for f in fits if math.isfinite(f.bic) and f.clean] or [f for f in fits if math.isfinite(f.bic)] or fits
     bmin = min(f.bic for f in ok)
     near = [f for f in ok if f.bic <= bmin + BIC_TIE]
     return min(near, key=lambda f: (f.k, FITTABLE_FAMILIES.index(f.name)))
@@ -802,8 +816,8 @@ def build_model(report: FitReport, name: str, *, fit: FamilyFit | None = None, s
         "metrics": f.metrics(),
         "parameters": f.parameter_rows(),
         "comparison": comparison_rows(report.fits),
-        "selection": f"lowest BIC; families within {BIC_TIE} of it are equally good and the one with fewer "
-                     "free parameters is taken" if fit is None else "requested",
+        "selection": f"lowest BIC among clean fits; families within {BIC_TIE} of it are equally good and the one "
+                     "with fewer free parameters is taken" if fit is None else "requested",
         "warnings": list(f.warnings),
         "notes": list(f.notes),
         "cycle_to_cycle_candidates": sc.to_dict(),
