@@ -44,7 +44,9 @@ __all__ = ["FITTABLE_FAMILIES", "FitWarning", "FamilyFit", "ScatterFit", "FitRep
            "BETA_PAPER"]
 
 #: Families a fit can determine from pulse data, simplest first: the order breaks BIC ties.
-FITTABLE_FAMILIES = ("constant_step", "soft_bounds", "linear_step", "pow_step", "exp_step", "physics")
+FITTABLE_FAMILIES = ("constant_step", "soft_bounds", "linear_step", "pow_step", "exp_step", "physics", "tabulated")
+TABLE_PULSES_PER_NODE = 15   # tabulated: pulses per bin of the state
+TABLE_MAX_NODES = 12
 HOP_DISTANCE_PAPER = 0.56e-9  # m, Onen et al. 2022, Fig. 3 [P]
 BETA_PAPER = 1.2              # pulse-width exponent of the same fit [P]
 #: Families whose BIC differs by less than this are "not distinguishable" (Kass & Raftery 1995):
@@ -348,6 +350,7 @@ class FamilyFit:
     notes: list[str] = field(default_factory=list)
     at_bound: list[str] = field(default_factory=list)       # free parameters stopped on a search bound
     unidentified: list[str] = field(default_factory=list)   # free parameters the data do not determine
+    table_nodes: int = 0                  # tabulated: the bin means, fitted numbers beyond `free`
     cv_rmse: float = math.nan
     cv_scheme: str = ""
 
@@ -357,7 +360,7 @@ class FamilyFit:
 
     @property
     def k(self) -> int:
-        return len(self.free) + len(self.condition_free)
+        return len(self.free) + len(self.condition_free) + self.table_nodes
 
     @property
     def clean(self) -> bool:
@@ -412,8 +415,10 @@ def fit_family(table: PulseTable, family_name: str, *, emit_warnings: bool = Tru
         raise ValueError(f"family {family_name!r} cannot be fitted (fittable: {', '.join(FITTABLE_FAMILIES)})")
     if len(table) < 2:
         raise ValueError(f"{len(table)} pulse(s): too few to fit")
-    family = FAMILIES[family_name]()
     st = _stats(table)
+    if family_name == "tabulated":
+        return _fit_tabulated(table, st, emit_warnings, r2_warn)
+    family = FAMILIES[family_name]()
     setup = _setup(family_name, table, st)
     law, cfixed, cstart, clo, chi, cnotes = (None, {}, {}, {}, {}, [])
     if family_name != "physics":
@@ -470,15 +475,7 @@ def fit_family(table: PulseTable, family_name: str, *, emit_warnings: bool = Tru
     p, cp = unpack(res.x, scale)
     with np.errstate(over="ignore", invalid="ignore"):
         pred = _predict(family, p, law, cp, table, ref)
-    resid_S = dG - pred
-    ssr = float(np.sum(resid_S ** 2))
-    # information criteria from the weighted residuals (the likelihood the fit maximised)
-    wssr = float(np.sum((resid_S * wgt) ** 2))
     k = len(names)
-    sst = float(np.sum((dG - dG.mean()) ** 2))
-    sst_dir = sum(float(np.sum((dG[m] - dG[m].mean()) ** 2))
-                  for m in (table["direction"] > 0, table["direction"] < 0) if m.any())
-    msr = max(wssr / n, 1e-300)
     warn, notes = [], list(setup.notes) + cnotes
     at_bound, unidentified = [], []
     # uncertainties: cov = s^2 (J^T J)^-1 with s^2 = SSR/(n-k), from the Jacobian at the optimum
@@ -520,24 +517,84 @@ def fit_family(table: PulseTable, family_name: str, *, emit_warnings: bool = Tru
                 at_bound.append(nm)
                 warn.append(f"{family_name}: parameter {nm} = {x * scale[names.index(nm)]:.4g} sits on its {side} "
                             "search bound: the data push it beyond, its uncertainty is not meaningful")
-    r2 = 1.0 - ssr / sst if sst > 0 else math.nan
-    r2w = 1.0 - ssr / sst_dir if sst_dir > 0 else math.nan
-    if not (r2 >= r2_warn):
-        warn.append(f"{family_name}: poor fit, R^2 = {r2:.3f} < {r2_warn}")
     if not res.success:
         warn.append(f"{family_name}: the optimiser stopped without converging ({res.message})")
     fit = FamilyFit(family=family, params={s.name: float(p[s.name]) for s in family.params},
                     std={nm: std[nm] for nm in setup.free}, free=list(setup.free), condition=law,
                     condition_params={k_: float(v) for k_, v in cp.items()} if law is not None else {},
-                    condition_std={nm: std[nm] for nm in cstart}, condition_free=list(cstart), n=n, ssr=ssr,
-                    rmse=math.sqrt(ssr / n), r2=r2, r2_within_direction=r2w,
-                    aic=n * math.log(msr) + 2 * k, bic=n * math.log(msr) + k * math.log(n),
-                    predicted=pred, residuals=resid_S, success=bool(res.success), message=str(res.message),
-                    reference=ref, warnings=warn, notes=notes, at_bound=at_bound, unidentified=unidentified)
+                    condition_std={nm: std[nm] for nm in cstart}, condition_free=list(cstart),
+                    **_goodness(table, pred, wgt, k), predicted=pred, residuals=dG - pred,
+                    success=bool(res.success), message=str(res.message), reference=ref, warnings=warn, notes=notes,
+                    at_bound=at_bound, unidentified=unidentified)
+    return _finish(fit, r2_warn, emit_warnings)
+
+
+def _goodness(table: PulseTable, pred: np.ndarray, wgt: np.ndarray, k: int) -> dict:
+    """n, SSR, RMSE, R^2 (overall and within each direction), AIC and BIC of k fitted numbers; the
+    information criteria from the weighted residuals (the likelihood the fit maximised)."""
+    dG = table["dG_S"]
+    n = len(dG)
+    r = dG - pred
+    ssr = float(np.sum(r ** 2))
+    msr = max(float(np.sum((r * wgt) ** 2)) / n, 1e-300)
+    sst = float(np.sum((dG - dG.mean()) ** 2))
+    sst_dir = sum(float(np.sum((dG[m] - dG[m].mean()) ** 2))
+                  for m in (table["direction"] > 0, table["direction"] < 0) if m.any())
+    return {"n": n, "ssr": ssr, "rmse": math.sqrt(ssr / n), "r2": 1.0 - ssr / sst if sst > 0 else math.nan,
+            "r2_within_direction": 1.0 - ssr / sst_dir if sst_dir > 0 else math.nan,
+            "aic": n * math.log(msr) + 2 * k, "bic": n * math.log(msr) + k * math.log(n)}
+
+
+def _finish(fit: FamilyFit, r2_warn: float, emit_warnings: bool) -> FamilyFit:
+    if not (fit.r2 >= r2_warn):
+        fit.warnings.append(f"{fit.name}: poor fit, R^2 = {fit.r2:.3f} < {r2_warn}")
     if emit_warnings:
-        for w in warn:
-            warnings.warn(w, FitWarning, stacklevel=2)
+        for w in fit.warnings:
+            warnings.warn(w, FitWarning, stacklevel=3)
     return fit
+
+
+def _detrended_std(G, dG) -> float:
+    """Scatter of the steps in one bin about a straight line through them: the step's own trend
+    across the bin is state dependence, already in the neighbouring nodes, not pulse-to-pulse noise."""
+    if len(G) >= 4 and np.ptp(G) > 0:
+        r = dG - np.polyval(np.polyfit(G, dG, 1), G)
+        return float(np.sqrt(np.sum(r ** 2) / (len(G) - 2)))
+    return float(dG.std(ddof=1)) if len(G) > 1 else 0.0
+
+
+def _fit_tabulated(table: PulseTable, st: _DataStats, emit_warnings: bool, r2_warn: float) -> FamilyFit:
+    """The ``tabulated`` family from data: per direction, Delta G against G in equal-count bins of the
+    state (mean per bin at the bin's mean state, and the detrended standard deviation).  The table's std is the
+    measured pulse-to-pulse scatter; every bin mean counts as a fitted number in AIC/BIC."""
+    if st.width_varies or st.drive_varies:
+        raise ValueError("tabulated needs one pulse condition per direction (the table holds the reference pulses)")
+    tab, k = {}, 0
+    for d, key in ((1, "up"), (-1, "down")):
+        m = table["direction"] == d
+        if m.sum() < 4:
+            raise ValueError(f"tabulated needs at least 4 {key} pulses, got {int(m.sum())}")
+        G, dG = table["G_before_S"][m], table["dG_S"][m]
+        order = np.argsort(G, kind="stable")
+        bins = [b for b in np.array_split(order, int(np.clip(m.sum() // TABLE_PULSES_PER_NODE, 2, TABLE_MAX_NODES)))]
+        nodes = [(float(G[b].mean()), float(dG[b].mean()), _detrended_std(G[b], dG[b])) for b in bins]
+        nodes = [nd for i, nd in enumerate(nodes) if i == 0 or nd[0] > nodes[i - 1][0]]  # strictly increasing G
+        if len(nodes) < 2:
+            raise ValueError(f"tabulated: the {key} pulses span a single state")
+        Gn, mean, std = (np.array(c) for c in zip(*nodes))
+        mean = np.maximum(mean, 0.0) if d > 0 else np.minimum(mean, 0.0)  # a step never reverses sign
+        tab[key] = {"G": Gn, "dG_mean": mean, "dG_std": std}
+        k += len(Gn)
+    family = FAMILIES["tabulated"](tab)
+    params = {"G_min": st.G_lo, "G_max": st.G_hi, "dG_scale": 1.0}
+    pred = family.mean_step(table["G_before_S"], table["direction"], params)
+    fit = FamilyFit(family=family, params=params, std={}, free=[], condition=None, condition_params={},
+                    condition_std={}, condition_free=[], **_goodness(table, pred, _condition_weights(table), k),
+                    predicted=pred, residuals=table["dG_S"] - pred, success=True, message="binned means",
+                    reference={"T": st.T_ref, "d": st.d_ref}, table_nodes=k,
+                    notes=[f"{len(tab['up']['G'])} up and {len(tab['down']['G'])} down nodes, equal-count bins of "
+                           "the state; std per node is the measured scatter"])
+    return _finish(fit, r2_warn, emit_warnings)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -592,7 +649,8 @@ def fit_families(table: PulseTable, families=None, *, cv: bool = True, folds: in
         try:
             f = fit_family(table, name, emit_warnings=emit_warnings)
         except ValueError as e:
-            if emit_warnings:
+            # a family the data cannot support is only news when it was asked for
+            if emit_warnings and (families or name != "tabulated"):
                 warnings.warn(f"{name}: not fitted ({e})", FitWarning, stacklevel=2)
             continue
         if cv:
@@ -828,7 +886,9 @@ def build_model(report: FitReport, name: str, *, fit: FamilyFit | None = None, s
     return DeviceModel(
         name=name, family=f.family, params=params,
         d2d={k: v for k, v in (d2d or {}).get("d2d", {}).items()},
-        scatter=sc.choose(scatter), energy_per_pulse=report.energy,
+        # a table carries its measured scatter per node; auto adds none on top
+        scatter=GaussianScatter() if f.name == "tabulated" and scatter == "auto" else sc.choose(scatter),
+        energy_per_pulse=report.energy,
         provenance={"source": "protonfem fit", "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "protonfem_version": __version__, "cases": list(cases.values()),
                     "inputs": [{k: v for k, v in s.items()} for s in sources],

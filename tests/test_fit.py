@@ -253,3 +253,31 @@ def test_load_response_map_skips_failed_rows(tmp_path):
     assert set(t["state"]) == {str(i) for i in range(6)}
     assert t.sources[0]["kind"] == "response_map" and t.sources[0]["case_hash"] == "hash-map"
     np.testing.assert_allclose(t["protons"], np.abs(t["dG_S"]) / 1e-12)
+
+
+def test_tabulated_from_binned_data():
+    G, dG, d, _ = pulse_train("soft_bounds", SOFT, sigma_abs=2e-11, seed=8, cycles=3)
+    t = make_table(G, dG, d)
+    fit = F.fit_family(t, "tabulated", emit_warnings=False)
+    tab = fit.family.table
+    assert fit.k == len(tab["up"]["G"]) + len(tab["down"]["G"]) == 2 * F.TABLE_MAX_NODES
+    for key, sign in (("up", 1.0), ("down", -1.0)):
+        Gn = tab[key]["G"]
+        assert np.all(np.diff(Gn) > 0)
+        # bin means follow the true law (curvature-free, so the mean at the mean state is exact)
+        truth = F.FAMILIES["soft_bounds"]().mean_step(Gn, sign, SOFT)
+        count = 3 * 150 / F.TABLE_MAX_NODES
+        assert np.all(np.abs(tab[key]["dG_mean"] - truth) < 4 * 2e-11 / np.sqrt(count))
+        assert np.median(tab[key]["dG_std"]) == pytest.approx(2e-11, rel=0.25)
+    # the parametric law it came from is preferred: 24 bin means cost more BIC than 4 parameters
+    best = F.choose_best(F.fit_families(t, ["soft_bounds", "tabulated"], cv=False, emit_warnings=False))
+    assert best.name == "soft_bounds"
+    rows = response_map_rows("soft_bounds", SOFT, {"beta": 1.2, "hop_distance": 0.56e-9})
+    Gm, dm, V, w, dGm = rows.T
+    with pytest.raises(ValueError, match="one pulse condition per direction"):
+        F.fit_family(make_table(Gm, dGm, dm, amplitude=V, width=w), "tabulated")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", F.FitWarning)  # skipped silently when not asked for
+        names = [f.name for f in F.fit_families(make_table(Gm, dGm, dm, amplitude=V, width=w), ["soft_bounds"],
+                                                cv=False)]
+    assert names == ["soft_bounds"]

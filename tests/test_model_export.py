@@ -250,3 +250,20 @@ def test_fitted_model_trains_on_the_crossbar(tmp_path, capsys):
     res = json.loads((tmp_path / "train" / "results.json").read_text())
     assert res["model"]["family"] == "soft_bounds" and res["model"]["cycle_to_cycle"]["model"] == "shot"
     assert res["analog"]["epochs"][0]["pulses_up"] > 0
+
+
+def test_tabulated_fit_exports_and_maps(tmp_path):
+    G, dG, d, _ = pulse_train("soft_bounds", SOFT, sigma_abs=2e-11, seed=9, cycles=2)
+    report = F.fit_compact_models(make_table(G, dG, d), ["tabulated"], emit_warnings=False)
+    model = F.build_model(report, "tab")
+    assert model.scatter.kind == "gaussian" and model.scatter.sigma_rel == model.scatter.sigma_abs == 0.0
+    save_model(model, tmp_path / "tab.json")
+    loaded = load_model(tmp_path / "tab.json")
+    assert loaded.to_dict() == model.to_dict()
+    np.testing.assert_allclose(loaded.family.table["up"]["dG_std"], model.family.table["up"]["dG_std"])
+    a = to_aihwkit(loaded)
+    assert a["device_class"] == "PiecewiseStepDevice"
+    Gm = np.array([0.5 * (loaded.params["G_min"] + loaded.params["G_max"])])
+    nominal = loaded.family.nominal_step(loaded.params)
+    assert a["parameters"]["piecewise_up"][10] == pytest.approx(
+        abs(loaded.family.mean_step(Gm, 1.0, loaded.params)[0]) / nominal)
