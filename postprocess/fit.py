@@ -462,7 +462,7 @@ def fit_family(table: PulseTable, family_name: str, *, emit_warnings: bool = Tru
             return np.where(np.isfinite(r), r, 1e3)
 
         try:
-            res = least_squares(resid, x0, bounds=(lb, ub), method="trf", max_nfev=(15 if warm_start else 60) * (len(names) + 1),
+            res = least_squares(resid, x0, bounds=(lb, ub), method="trf", max_nfev=(15 if warm_start else 100) * (len(names) + 1),
                                 x_scale=1.0)
         except ValueError as e:
             res = None
@@ -674,18 +674,22 @@ def choose_best(fits: list[FamilyFit]) -> FamilyFit:
 
 def comparison_rows(fits: list[FamilyFit]) -> list[dict]:
     bmin = min((f.bic for f in fits), default=0.0)
-    return [{"family": f.name, "n_params": f.k, "rmse_S": f.rmse, "r2": f.r2, "cv_rmse_S": _finite_or_none(f.cv_rmse),
+    return [{"family": f.name, "n_params": f.k, "rmse_S": f.rmse, "r2": f.r2,
+             "r2_within_direction": f.r2_within_direction, "cv_rmse_S": _finite_or_none(f.cv_rmse),
              "aic": f.aic, "bic": f.bic, "delta_bic": f.bic - bmin, "warnings": len(f.warnings)} for f in fits]
 
 
 def format_comparison(fits: list[FamilyFit], chosen: FamilyFit | None = None) -> str:
     """The model-comparison table as plain text."""
-    head = f"{'family':<14}{'k':>3}{'RMSE [S]':>12}{'R^2':>9}{'CV-RMSE [S]':>13}{'AIC':>11}{'BIC':>11}{'dBIC':>8}"
+    # R^2 dir: R^2 about each direction's mean step, i.e. how much of the state dependence is explained
+    head = (f"{'family':<14}{'k':>3}{'RMSE [S]':>12}{'R^2':>9}{'R^2 dir':>9}{'CV-RMSE [S]':>13}{'AIC':>11}"
+            f"{'BIC':>11}{'dBIC':>8}")
     lines = [head, "-" * len(head)]
     for r in comparison_rows(fits):
         cv = "n/a" if r["cv_rmse_S"] is None else f"{r['cv_rmse_S']:.4g}"
         mark = " *" if chosen is not None and r["family"] == chosen.name else ""
-        lines.append(f"{r['family']:<14}{r['n_params']:>3}{r['rmse_S']:>12.4g}{r['r2']:>9.4f}{cv:>13}"
+        lines.append(f"{r['family']:<14}{r['n_params']:>3}{r['rmse_S']:>12.4g}{r['r2']:>9.4f}"
+                     f"{r['r2_within_direction']:>9.4f}{cv:>13}"
                      f"{r['aic']:>11.1f}{r['bic']:>11.1f}{r['delta_bic']:>8.1f}{mark}")
     return "\n".join(lines)
 
