@@ -5,16 +5,22 @@ reference): w = (G - G_ref) / G_unit, G_ref = (G_min + G_max)/2, G_unit = (G_max
 so the model's conductance window [G_min, G_max] becomes [-w_max, w_max] and the normalised state of
 the families, z = 2(G - G_min)/(G_max - G_min) - 1, is w / w_max.
 
-| family | aihwkit class | fields |
-|---|---|---|
-| constant_step | ConstantStepDevice | dw_min = dG/G_unit, up_down, w_min/w_max |
-| soft_bounds | SoftBoundsDevice | dw_min = dG/G_unit (the step at w = 0), up_down; slope of the up step = -dw_min (1+up_down)/w_max |
-| linear_step | LinearStepDevice | dw_min, up_down, gamma_up, gamma_down (aihwkit's step is dw_min (1 - gamma_up w/b_max): the same law) |
-| exp_step | ExpStepDevice | dw_min, up_down, A_up, A_down, gamma_up, gamma_down, a = 1, b = 0 (aihwkit's z = 2a w/(b_max-b_min) + b equals ours) |
-| pow_step | PowStepDevice | dw_min = dG 2^gamma / G_unit (aihwkit scales (omega)^gamma, ours (2 omega)^gamma), pow_gamma = gamma, pow_up_down = 0 |
-| physics, tabulated | PiecewiseStepDevice | dw_min = nominal step / G_unit, piecewise_up/down = |mean step| on 21 equally spaced nodes from w_min to w_max, divided by the nominal step (up_down folded into the nodes) |
+Family -> aihwkit class (fields beyond w_min = -w_max, w_max):
 
-Variation: ``dw_min_dtod`` = relative d2d of dG; ``up_down_dtod`` = absolute d2d of up_down;
+* constant_step -> ConstantStepDevice: dw_min = dG/G_unit, up_down.
+* soft_bounds -> SoftBoundsDevice: dw_min = dG/G_unit (the step at w = 0), up_down; the up step's
+  slope is -dw_min (1 + up_down)/w_max.
+* linear_step -> LinearStepDevice: dw_min, up_down, gamma_up, gamma_down (aihwkit's step
+  dw_min (1 - gamma_up w/b_max) is the same law).
+* exp_step -> ExpStepDevice: dw_min, up_down, A_up, A_down, gamma_up, gamma_down, a = 1, b = 0
+  (aihwkit's z = 2a w/(b_max - b_min) + b then equals ours).
+* pow_step -> PowStepDevice: dw_min = dG 2^gamma/G_unit (aihwkit scales omega^gamma, ours
+  (2 omega)^gamma), pow_gamma = gamma, pow_up_down = 0.
+* physics, tabulated -> PiecewiseStepDevice: dw_min = nominal step/G_unit; piecewise_up/down =
+  |mean step| on 21 equally spaced nodes from w_min to w_max over the nominal step (the up/down
+  asymmetry is in the node values).
+
+Variation: ``dw_min_dtod`` = relative d2d of dG (of dG_scale, q0 for tabulated, physics); ``up_down_dtod`` = absolute d2d of up_down;
 ``w_min_dtod``/``w_max_dtod`` = d2d of G_min/G_max in units of the bound (aihwkit gives them relative
 to w_min, w_max); ``gamma_up_dtod``/``gamma_down_dtod`` absolute (linear step); ``pow_gamma_dtod``
 relative.  Cycle-to-cycle: a Gaussian sigma_rel is ``dw_min_std`` with multiplicative noise
@@ -52,7 +58,8 @@ def _c2c(model: DeviceModel, nominal_dG: float) -> tuple[dict, list[str]]:
             n = nominal_dG / sc.dG_per_proton
         else:  # physics family: protons per pulse from its charge law at mid-range
             mid = 0.5 * (model.params["G_min"] + model.params["G_max"])
-            n = 0.5 * sum(float(model.family.quanta(np.array([mid]), np.array([d]), model.params)[0]) for d in (1.0, -1.0))
+            n = 0.5 * sum(float(model.family.quanta(np.array([mid]), np.array([d]), model.params)[0])
+                          for d in (1.0, -1.0))
         std = 1.0 / math.sqrt(max(n, 1e-12))
         notes.append(f"shot noise approximated by a Gaussian of relative std 1/sqrt(N) = {std:.4g} at the nominal "
                      f"step (N = {n:.4g} protons per pulse); aihwkit has no Poisson step noise")

@@ -462,8 +462,8 @@ def fit_family(table: PulseTable, family_name: str, *, emit_warnings: bool = Tru
             return np.where(np.isfinite(r), r, 1e3)
 
         try:
-            res = least_squares(resid, x0, bounds=(lb, ub), method="trf", max_nfev=(15 if warm_start else 100) * (len(names) + 1),
-                                x_scale=1.0)
+            nfev = (15 if warm_start else 100) * (len(names) + 1)  # a warm start is near its optimum
+            res = least_squares(resid, x0, bounds=(lb, ub), method="trf", max_nfev=nfev, x_scale=1.0)
         except ValueError as e:
             res = None
             msg = str(e)

@@ -13,7 +13,7 @@ from fit_synthetic import SOFT, make_table, pulse_train, response_map_rows, writ
 from protonfem.cli import main
 from protonfem.crossbar.aihwkit_map import to_aihwkit
 from protonfem.crossbar.builtin import builtin_model
-from protonfem.crossbar.families import FAMILIES, GaussianScatter
+from protonfem.crossbar.families import FAMILIES, GaussianScatter, ShotScatter
 from protonfem.crossbar.schema import DeviceModel, ModelFileError, load_model, model_from_dict, save_model
 from protonfem.postprocess import fit as F
 
@@ -180,8 +180,7 @@ def test_physics_maps_to_piecewise_nodes():
 
 
 def test_shot_noise_maps_to_relative_step_std():
-    m = _model("soft_bounds", SOFT, scatter=__import__("protonfem.crossbar.families", fromlist=["ShotScatter"])
-               .ShotScatter(4e-11))
+    m = _model("soft_bounds", SOFT, scatter=ShotScatter(4e-11))
     q = to_aihwkit(m)["parameters"]
     assert q["dw_min_std"] == pytest.approx(1 / np.sqrt(4e-10 / 4e-11))  # 10 protons per nominal step
 
