@@ -174,7 +174,7 @@ def plot_dg_vs_width(table: PulseTable, fit: FamilyFit, path) -> Path:
 
 
 def _rests_with_readings(rest: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Rests (keyed by the pulse they follow) with at least two finite read-outs."""
+    """Rests (keyed by the programming pulse they follow) with at least two finite read-outs."""
     out = {}
     for p in np.unique(rest["pulse"]):
         m = rest["pulse"] == p
@@ -184,8 +184,8 @@ def _rests_with_readings(rest: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]
 
 
 def plot_retention(table: PulseTable, path) -> Path:
-    """G against time since the pulse over the open-circuit rests (read/step rows with a finite
-    conductance), relative to the first read-out of each rest."""
+    """G against time since the programming pulse over the open-circuit rests (read/step rows with
+    a finite conductance, through zero-amplitude read pulses), relative to each rest's first read-out."""
     fig, ax = _axes()
     for src, rest in table.rests.items():
         for p, (t, g) in _rests_with_readings(rest).items():

@@ -861,6 +861,11 @@ def build_model(report: FitReport, name: str, *, fit: FamilyFit | None = None, s
 
     f = fit or report.chosen
     params = dict(f.params)
+    # the model file must load: a positive parameter driven to 0 by the search box is no model
+    for spec in f.family.params:
+        if spec.positive and not params[spec.name] > 0:
+            raise ValueError(f"{f.name}: fitted {spec.name} = {params[spec.name]:.4g} {spec.unit} is not positive; "
+                             "these data do not support this family (choose another with --family)")
     try:
         f.family.validate(params)
     except ValueError as e:

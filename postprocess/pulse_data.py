@@ -241,7 +241,7 @@ def load_run(run_dir, variant: str = "") -> PulseTable:
     reads = [r for r in rows if r["event"] in ("initial", "read")]
     cols: dict[str, list] = {k: [] for k in NUMERIC_COLUMNS + TEXT_COLUMNS}
     g_prev = math.nan
-    skipped = 0
+    skipped = rests = 0
     for r in reads:
         g = _float(r["conductance_S"])
         if r["event"] == "initial":
@@ -256,6 +256,10 @@ def load_run(run_dir, variant: str = "") -> PulseTable:
             g_prev = g
             continue
         V = _float(r["pulse_amplitude_V"])
+        if V == 0.0:  # a zero-amplitude "pulse" is a read-out during a rest, not a programming pulse
+            rests += 1
+            g_prev = g
+            continue
         qf = _float(r.get("pulse_faradaic_charge_C"))
         vals = {
             "pulse": _float(r["pulse"]), "G_before_S": g_prev, "G_after_S": g, "dG_S": g - g_prev,
@@ -272,6 +276,9 @@ def load_run(run_dir, variant: str = "") -> PulseTable:
     if skipped:
         warnings.warn(f"{series}: skipped {skipped} pulse(s) whose read-out (or the one before) is not finite",
                       PulseDataWarning, stacklevel=2)
+    if rests:
+        warnings.warn(f"{series}: {rests} zero-amplitude pulse(s) are rests, kept for retention only",
+                      PulseDataWarning, stacklevel=2)
     if not cols["dG_S"]:
         raise PulseDataError(f"{series}: no pulse with finite read-outs before and after (need 'initial' and "
                              "'read' rows)")
@@ -279,20 +286,24 @@ def load_run(run_dir, variant: str = "") -> PulseTable:
 
 
 def load_rests(run_dir, rows: list[dict] | None = None) -> dict:
-    """Finite conductance read-outs against time (events initial/read/step), with the pulse they
-    follow: the raw material of a retention plot (G over the open-circuit rests)."""
+    """Finite conductance read-outs against time (events initial/read/step), each keyed by the last
+    programming pulse (non-zero amplitude) before it: the raw material of a retention plot.  A rest
+    is the open-circuit time after that pulse, through any zero-amplitude "pulses" (a protocol's way
+    of reading at intervals over a long rest) until the next programming pulse."""
     if rows is None:
         rows = _read_csv(Path(run_dir) / "series.csv", SERIES_REQUIRED)
-    t, g, p, ends = [], [], [], {}
+    t, g, p, ends = [], [], [], {0: 0.0}
+    last = 0
     for r in rows:
-        if r["event"] == "pulse_end":
-            ends[int(_float(r["pulse"]))] = _float(r["time_s"])
+        if r["event"] == "pulse_end" and _float(r["pulse_amplitude_V"]) != 0.0:
+            last = int(_float(r["pulse"]))
+            ends[last] = _float(r["time_s"])
         if r["event"] in ("initial", "read", "step"):
             gv = _float(r["conductance_S"])
             if math.isfinite(gv):
                 t.append(_float(r["time_s"]))
                 g.append(gv)
-                p.append(int(_float(r["pulse"])))
+                p.append(last)
     return {"time_s": np.asarray(t), "G_S": np.asarray(g), "pulse": np.asarray(p, int), "pulse_end_s": ends}
 
 

@@ -281,3 +281,33 @@ def test_tabulated_from_binned_data():
         names = [f.name for f in F.fit_families(make_table(Gm, dGm, dm, amplitude=V, width=w), ["soft_bounds"],
                                                 cv=False)]
     assert names == ["soft_bounds"]
+
+
+def test_zero_amplitude_pulses_are_rests_for_retention(tmp_path):
+    import csv
+
+    from protonfem.postprocess.compact_plots import applicable_plots
+
+    run = write_run_dir(tmp_path / "run", n_up=5, n_down=5)
+    case = tmp_path / "run-case.toml"
+    case.write_text(case.read_text() + "\n[[protocol.trains]]\ncount = 3\namplitude = 0.0\nwidth = 5e-9\n"
+                    "rise = 1e-10\nfall = 1e-10\nrest = 100.0\n")
+    with open(run / "series.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    last = rows[-1]
+    G_last, t_last = float(last["conductance_S"]), float(last["time_s"])
+    for i in range(3):  # the state relaxes by 1 % per read over a long open-circuit rest
+        rows.append(dict(last, event="read", pulse=str(11 + i), train="2", pulse_amplitude_V="0",
+                         time_s=str(t_last + 100.0 * (i + 1)), conductance_S=str(G_last * (1 - 0.01 * (i + 1)))))
+    with open(run / "series.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.warns(PulseDataWarning, match="3 zero-amplitude"):
+        t = load_run(run)
+    assert len(t) == 10 and set(t["direction"]) == {1.0, -1.0}
+    rest = t.rests[str(run)]
+    m = rest["pulse"] == 10  # the reads after the last programming pulse, through the three rests
+    np.testing.assert_allclose(rest["G_S"][m], G_last * np.array([1, 0.99, 0.98, 0.97]))
+    fit = F.fit_family(t, "soft_bounds", emit_warnings=False)
+    assert "retention" in applicable_plots(t, fit)

@@ -266,3 +266,16 @@ def test_tabulated_fit_exports_and_maps(tmp_path):
     nominal = loaded.family.nominal_step(loaded.params)
     assert a["parameters"]["piecewise_up"][10] == pytest.approx(
         abs(loaded.family.mean_step(Gm, 1.0, loaded.params)[0]) / nominal)
+
+
+def test_unusable_fit_is_refused_with_a_clear_error():
+    # steps that run against their direction: the constant step's dG is driven onto its zero bound
+    rng = np.random.default_rng(0)
+    G = rng.uniform(3e-8, 9e-8, 200)
+    d = np.where(np.arange(200) % 2 == 0, 1.0, -1.0)
+    dG = -d * 1e-10 * (1 + 0.1 * rng.standard_normal(200))
+    report = F.fit_compact_models(make_table(G, dG, d), ["constant_step"], emit_warnings=False)
+    assert "dG" in report.chosen.at_bound and not report.chosen.clean
+    report.chosen.params["dG"] = 0.0  # where the search box ends: a model file may not hold it
+    with pytest.raises(ValueError, match=r"constant_step: fitted dG = 0 S is not positive"):
+        F.build_model(report, "bad")
