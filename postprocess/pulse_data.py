@@ -143,12 +143,21 @@ def _read_json(path: Path, required: bool = True) -> dict:
     return data
 
 
+INPUT_FILES = {"sweep.csv": "sweep", "response_map.csv": "response_map", "series.csv": "run"}
+
+
+def _as_dir(path) -> Path:
+    """A directory, also when given as the path of its main file (results/x/series.csv)."""
+    path = Path(path)
+    return path.parent if path.is_file() and path.name in INPUT_FILES else path
+
+
 def input_kind(path: Path) -> str:
     """'run', 'response_map' or 'sweep' from the files a directory holds."""
-    path = Path(path)
+    path = _as_dir(path)
     if not path.is_dir():
         raise PulseDataError(f"{path}: not a directory (expected a run, response-map or sweep directory)")
-    for name, kind in (("sweep.csv", "sweep"), ("response_map.csv", "response_map"), ("series.csv", "run")):
+    for name, kind in INPUT_FILES.items():
         if (path / name).is_file():
             return kind
     raise PulseDataError(f"{path}: holds none of series.csv (run), response_map.csv (response map), "
@@ -402,7 +411,7 @@ def load_sweep(sweep_dir) -> tuple[PulseTable, list[dict]]:
 def load_pulse_data(paths) -> tuple[PulseTable, list[dict]]:
     """One table from any mix of run, response-map and sweep directories; also the sweep rows
     (empty without a sweep).  Variant ids of several sweeps are prefixed with their directory."""
-    paths = [Path(p) for p in paths]
+    paths = [_as_dir(p) for p in paths]
     if not paths:
         raise PulseDataError("no input directory given")
     tables, sweep_rows = [], []

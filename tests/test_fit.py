@@ -199,7 +199,7 @@ def test_device_to_device_from_sweep(tmp_path):
 # ----------------------------------------------------------------------------------------------
 def test_load_run_directory(tmp_path):
     run = write_run_dir(tmp_path / "run", n_up=10, n_down=8, width_up=5e-9, width_down=8e-9, thickness=5e-9)
-    assert input_kind(run) == "run"
+    assert input_kind(run) == "run" == input_kind(run / "series.csv")
     t = load_run(run)
     assert len(t) == 18
     np.testing.assert_allclose(t["G_after_S"][:-1], t["G_before_S"][1:])
