@@ -237,8 +237,9 @@ def _physics_setup(table, st, mu) -> _Setup:
     mean_step = np.nanmean([v for v in mu.values() if v is not None])
     q_ref = mean_step * Q_max / span
     free = {"G_min": gmin, "G_max": gmax, "V_ocp": 0.05}
-    lo = {"G_min": 1e-6 * max(st.G_lo, 1e-30), "G_max": st.G_hi, "V_ocp": -5.0}
-    hi = {"G_min": st.G_lo, "G_max": 1e3 * st.G_hi, "V_ocp": 5.0}
+    # as for soft bounds: noisy read-outs may overshoot the bounds (states beyond them are clipped)
+    lo = {"G_min": 1e-6 * max(st.G_lo, 1e-30), "G_max": st.G_hi - 0.5 * st.span, "V_ocp": -5.0}
+    hi = {"G_min": st.G_lo + 0.5 * st.span, "G_max": 1e3 * st.G_hi, "V_ocp": 5.0}
     if st.drive_varies:
         free["V0"], lo["V0"], hi["V0"] = V0_paper, 1e-3, 100.0
     else:
@@ -252,7 +253,11 @@ def _physics_setup(table, st, mu) -> _Setup:
     V0 = free.get("V0", fixed.get("V0"))
     free["q0"] = q_ref / math.sinh(min(0.5 * (V_up + V_dn) / V0, 700.0))
     lo["q0"], hi["q0"] = 0.0, math.inf
-    return _Setup(fixed, [free], lo, hi, notes)
+    # the open-circuit term makes the landscape multi-modal: start from weak and strong back-pull,
+    # and from a lower bound well below the data
+    starts = [dict(free, V_ocp=v, G_min=g) for v in (0.05, 0.3, 1.0)
+              for g in (gmin, max(st.G_lo - 0.5 * st.span, 0.2 * st.G_lo))]
+    return _Setup(fixed, starts, lo, hi, notes)
 
 
 def _condition_setup(st: _DataStats):

@@ -311,3 +311,20 @@ def test_zero_amplitude_pulses_are_rests_for_retention(tmp_path):
     np.testing.assert_allclose(rest["G_S"][m], G_last * np.array([1, 0.99, 0.98, 0.97]))
     fit = F.fit_family(t, "soft_bounds", emit_warnings=False)
     assert "retention" in applicable_plots(t, fit)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_physics_recovered_within_three_sigma(seed):
+    from protonfem.crossbar.families import E_CHARGE, K_BOLTZMANN
+
+    # the quantities a single-condition fit holds fixed take their documented values: V0 from
+    # a = 0.56 nm, beta = 1.2, t0 = the pulse width, m = 1, Q_max = 1e4 protons (no proton counts)
+    V0 = 2 * K_BOLTZMANN * 300 * 1e-8 / (E_CHARGE * F.HOP_DISTANCE_PAPER)
+    truth = {"G_min": 1e-8, "G_max": 2.2e-7, "Q_max": 1e4 * E_CHARGE, "q0": 3e-22, "t0": 5e-9, "beta": 1.2,
+             "V0": V0, "V_up": 10.0, "V_down": 8.5, "t_pulse": 5e-9, "V_ocp": 0.3, "m": 1.0}
+    G, dG, d, _ = pulse_train("physics", truth, sigma_abs=5e-12, seed=seed, n_up=300, n_down=300, G0=3e-8)
+    fit = F.fit_family(make_table(G, dG, d), "physics", emit_warnings=False)
+    assert set(fit.free) == {"G_min", "G_max", "V_ocp", "q0"}
+    assert {k: fit.params[k] for k in ("V0", "beta", "Q_max", "V_up", "V_down")} == pytest.approx(
+        {k: truth[k] for k in ("V0", "beta", "Q_max", "V_up", "V_down")})
+    assert _within(fit, truth) == []
