@@ -328,3 +328,28 @@ def test_physics_recovered_within_three_sigma(seed):
     assert {k: fit.params[k] for k in ("V0", "beta", "Q_max", "V_up", "V_down")} == pytest.approx(
         {k: truth[k] for k in ("V0", "beta", "Q_max", "V_up", "V_down")})
     assert _within(fit, truth) == []
+
+
+def test_hop_distance_from_thickness_and_temperature_alone():
+    """One amplitude and width per direction, but several electrolyte thicknesses and temperatures:
+    the sinh law's V0 = 2kTd/(q a) still pins a (the paper's Fig. 3B idea), beta stays fixed."""
+    from protonfem.crossbar.families import SinhPowerCondition
+
+    truth = {"beta": 1.2, "hop_distance": 0.5e-9}
+    law = SinhPowerCondition({"amplitude": 10.0, "width": 5e-9}, {"amplitude": 8.5, "width": 5e-9}, 300.0, 1e-8)
+    rng = np.random.default_rng(4)
+    rows = []
+    for G in np.linspace(3e-8, 9e-8, 5):
+        for d, V in ((1.0, 10.0), (-1.0, -8.5)):
+            for thk in (5e-9, 7.5e-9, 1e-8):
+                for T in (300.0, 350.0):
+                    mu = F.FAMILIES["soft_bounds"]().mean_step(np.array([G]), d, SOFT)[0] * \
+                        law.factor(np.array([d]), V, 5e-9, T, thk, truth)[0]
+                    rows.append((G, d, V, T, thk, mu * (1 + 0.02 * rng.standard_normal())))
+    G, d, V, T, thk, dG = np.array(rows).T
+    fit = F.fit_family(make_table(G, dG, d, amplitude=V, temperature=T, thickness=thk), "soft_bounds",
+                       emit_warnings=False)
+    assert fit.condition_free == ["hop_distance"] and fit.condition_params["beta"] == F.BETA_PAPER
+    assert abs(fit.condition_params["hop_distance"] - 0.5e-9) < 3 * fit.condition_std["hop_distance"]
+    assert fit.condition.v0(fit.condition_params, 300.0, 1e-8) == pytest.approx(
+        2 * 1.380649e-23 * 300 * 1e-8 / (1.602176634e-19 * 0.5e-9), rel=0.02)

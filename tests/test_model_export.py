@@ -279,3 +279,21 @@ def test_unusable_fit_is_refused_with_a_clear_error():
     report.chosen.params["dG"] = 0.0  # where the search box ends: a model file may not hold it
     with pytest.raises(ValueError, match=r"constant_step: fitted dG = 0 S is not positive"):
         F.build_model(report, "bad")
+
+
+def test_sweep_spread_is_exported_as_device_to_device(tmp_path, capsys):
+    from fit_synthetic import write_sweep
+
+    rng = np.random.default_rng(3)
+    sweep = write_sweep(tmp_path / "sweep", SOFT["dG"] * (1 + 0.25 * rng.standard_normal(5)))
+    out = tmp_path / "d2d.json"
+    assert main(["fit", str(sweep), "-o", str(out), "--family", "soft_bounds", "--aihwkit",
+                 str(tmp_path / "a.json")]) == 0
+    m = load_model(out)
+    kind, sigma = m.d2d["dG"]
+    fit_d2d = json.loads(out.read_text())["fit"]["device_to_device"]
+    vals = np.array([v["dG"] for v in fit_d2d["variants"]])
+    assert kind == "rel" and sigma == pytest.approx(vals.std(ddof=1) / vals.mean())
+    assert len(fit_d2d["variants"]) == 5 and "device-to-device" in capsys.readouterr().out
+    a = json.loads((tmp_path / "a.json").read_text())["parameters"]
+    assert a["dw_min_dtod"] == pytest.approx(sigma)
