@@ -100,7 +100,9 @@ def _report(report, model, args, plots):
     print(f"{len(report.table)} pulses from {len(args.results)} input(s); model comparison "
           f"(CV: {f.cv_scheme or 'none'}; * chosen):")
     print(report.comparison())
-    print(f"\nchosen: {f.name} ({'requested' if args.family and len(args.family) == 1 else 'lowest BIC'})")
+    rule = "requested" if args.family and len(args.family) == 1 else \
+        "lowest BIC among clean fits, ties within 2 to fewer parameters"
+    print(f"\nchosen: {f.name} ({rule})")
     for r in f.parameter_rows():
         std = "fixed" if r["fixed"] else ("n/a" if r["std"] is None else f"+- {r['std']:.3g}")
         print(f"  {r['name']:<13} = {r['value']:<12.5g} {r['unit']:<3} {std}")
