@@ -268,6 +268,79 @@ class Tabulated(Family):
         return p["dG_scale"] * self._interp(G, d, "dG_std")
 
 
+# ----------------------------------------------------------------------------------------------
+# Pulse-condition scaling (a layer over any state family)
+# ----------------------------------------------------------------------------------------------
+K_BOLTZMANN = 1.380649e-23  # J/K
+
+
+def log_sinh_power_drive(amplitude, width, temperature, thickness, beta, hop_distance):
+    """ln of the drive S = width^beta sinh(q a |V| / (2 k T d)) of Onen et al. (2022), Eq. 1 and Fig. 3A.
+
+    Returned as a logarithm, evaluated stably (ln sinh x = x + ln(1 - e^{-2x}) - ln 2), because
+    the argument reaches 20 and more at 1 V/nm: ratios of drives are taken as differences."""
+    x = E_CHARGE * hop_distance * np.abs(amplitude) / (2.0 * K_BOLTZMANN * temperature * thickness)
+    x = np.maximum(x, 1e-300)
+    return beta * np.log(width) + x + np.log(-np.expm1(-2.0 * x)) - np.log(2.0)
+
+
+class SinhPowerCondition:
+    """How a pulse's condition (amplitude V, width t, temperature T, electrolyte thickness d) scales
+    the step of a state family:
+
+        Delta G(G, dir; V, t, T, d) = mean_step(G, dir, p) * S(V, t, T, d) / S(V_ref,dir, t_ref,dir, T_ref, d_ref)
+        S = t^beta sinh(q a |V| / (2 k T d)),   i.e. sinh(|V|/V0) with V0 = 2 k T d / (q a)
+
+    A layer, not a family of its own: the state law (soft bounds, power step, ...) keeps its
+    parameters, which are those of the reference pulses (one per direction).  At the reference
+    condition the factor is exactly 1, so the crossbar, which fires reference pulses, evaluates the
+    state family unchanged; the fit and the plots use the same :meth:`factor` to compare pulses of
+    other conditions.  The hop distance a (not V0) is the parameter, so one value carries across
+    temperatures and thicknesses, as in the paper's Fig. 3B."""
+
+    name = "sinh_power"
+    params = (
+        ParamSpec("beta", "1", "exponent of the pulse-width dependence Delta G ~ t^beta", positive=False),
+        ParamSpec("hop_distance", "m", "apparent hopping distance a in V0 = 2kTd/(q a)"),
+    )
+    reference_units = {"amplitude": "V", "width": "s", "temperature": "K", "electrolyte_thickness": "m"}
+    equations = ("Delta G = mean_step(G, dir) * S(V,t,T,d)/S(ref_dir), "
+                 "S = t^beta sinh(q a |V| / (2 k T d))")
+
+    def __init__(self, up: dict, down: dict, temperature: float, electrolyte_thickness: float):
+        # up/down: {"amplitude": |V| [V], "width": t [s]} of the reference pulse of each direction
+        self.up = {"amplitude": abs(float(up["amplitude"])), "width": float(up["width"])}
+        self.down = {"amplitude": abs(float(down["amplitude"])), "width": float(down["width"])}
+        self.temperature = float(temperature)
+        self.electrolyte_thickness = float(electrolyte_thickness)
+
+    def v0(self, p, temperature=None, thickness=None) -> float:
+        """Characteristic voltage V0 = 2kTd/(q a) [V] (at the reference T and d by default)."""
+        T = self.temperature if temperature is None else temperature
+        d = self.electrolyte_thickness if thickness is None else thickness
+        return 2.0 * K_BOLTZMANN * T * d / (E_CHARGE * p["hop_distance"])
+
+    def factor(self, direction, amplitude, width, temperature, thickness, p):
+        """S(condition) / S(reference of the pulse's direction), vectorised over pulses."""
+        up = np.asarray(direction) > 0
+        ref_V = np.where(up, self.up["amplitude"], self.down["amplitude"])
+        ref_t = np.where(up, self.up["width"], self.down["width"])
+        num = log_sinh_power_drive(amplitude, width, temperature, thickness, p["beta"], p["hop_distance"])
+        den = log_sinh_power_drive(ref_V, ref_t, self.temperature, self.electrolyte_thickness,
+                                   p["beta"], p["hop_distance"])
+        return np.exp(num - den)
+
+    def reference_dict(self) -> dict:
+        q = lambda v, u: {"value": v, "unit": u}  # noqa: E731
+        return {"up": {"amplitude": q(self.up["amplitude"], "V"), "width": q(self.up["width"], "s")},
+                "down": {"amplitude": q(self.down["amplitude"], "V"), "width": q(self.down["width"], "s")},
+                "temperature": q(self.temperature, "K"),
+                "electrolyte_thickness": q(self.electrolyte_thickness, "m")}
+
+
+CONDITION_LAWS = {SinhPowerCondition.name: SinhPowerCondition}
+
+
 FAMILIES: dict[str, type[Family]] = {
     c.name: c for c in (IdealFamily, ConstantStep, LinearStep, SoftBounds, ExpStep, PowStep, Physics, Tabulated)
 }

@@ -4,18 +4,24 @@ A model file is the contract between the fitting code (`postprocess/`) and the c
 validation failure raises :class:`ModelFileError` with ONE line naming the file, the key and what
 was expected, so the CLI can print it without a traceback.
 
-Schema version 1.0::
+Schema version 1.1 (1.0 files read unchanged; 1.1 adds the optional "std" of a parameter and the
+optional "pulse_condition" block)::
 
     {
-      "schema_version": "1.0",
+      "schema_version": "1.1",
       "name": "my-device",
       "family": "soft_bounds",                       # one of families.FAMILIES
-      "parameters": {"G_min": {"value": 1e-7, "unit": "S"}, ...},   # units must match the family
+      "parameters": {"G_min": {"value": 1e-7, "unit": "S", "std": 2e-9}, ...},  # units must match
+                                                     # the family; "std": 1-sigma fit uncertainty
       "device_to_device": {"dG": {"rel": 0.3}, "up_down": {"abs": 0.01}},   # optional
       "cycle_to_cycle": {"model": "gaussian", "sigma_rel": 0.3,
                          "sigma_abs": {"value": 0.0, "unit": "S"}}         # or {"model": "shot", ...}
       "energy_per_pulse": {"up": {"value": 1e-15, "unit": "J"}, "down": {...}},  # optional
       "table": {"up": {"G": {...}, "dG_mean": {...}, "dG_std": {...}}, "down": {...}},  # tabulated
+      "pulse_condition": {"law": "sinh_power",       # optional: how V, width, T, d scale the step
+                          "parameters": {"beta": {...}, "hop_distance": {"value": 5.6e-10, "unit": "m"}},
+                          "reference": {"up": {"amplitude": {..V}, "width": {..s}}, "down": {...},
+                                        "temperature": {..K}, "electrolyte_thickness": {..m}}},
       "provenance": {"source": "...", "cases": [{"case": "...", "sha256": "..."}]},
       "fit": {...}                                   # optional, free-form metrics
     }
@@ -30,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .families import FAMILIES, Family, GaussianScatter, ShotScatter, Tabulated
+from .families import CONDITION_LAWS, FAMILIES, Family, GaussianScatter, ShotScatter, SinhPowerCondition, Tabulated
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SUPPORTED_MAJOR = 1
 
 
@@ -51,6 +57,20 @@ class DeviceModel:
     provenance: dict = field(default_factory=dict)
     fit: dict | None = None
     source_file: str | None = None
+    uncertainties: dict[str, float] = field(default_factory=dict)  # name -> 1-sigma std (family units)
+    condition: SinhPowerCondition | None = None  # pulse-condition scaling layer (None: fixed pulses)
+    condition_params: dict[str, float] = field(default_factory=dict)
+    condition_uncertainties: dict[str, float] = field(default_factory=dict)
+
+    def mean_step_at(self, G, d, amplitude, width, temperature=None, thickness=None):
+        """Mean Delta G [S] of pulses of another condition: the family's step at its reference
+        pulses times the condition law's factor (needs a ``pulse_condition`` in the file)."""
+        if self.condition is None:
+            raise ValueError(f"model {self.name!r} has no pulse_condition: its steps hold for its reference pulses only")
+        c = self.condition
+        T = c.temperature if temperature is None else temperature
+        th = c.electrolyte_thickness if thickness is None else thickness
+        return self.family.mean_step(G, d, self.params) * c.factor(d, amplitude, width, T, th, self.condition_params)
 
     def pulse_energy(self):
         """(E_up, E_down) [J] per pulse and where it came from."""
@@ -87,7 +107,8 @@ class DeviceModel:
             "schema_version": SCHEMA_VERSION,
             "name": self.name,
             "family": self.family.name,
-            "parameters": {s.name: {"value": self.params[s.name], "unit": s.unit} for s in self.family.params},
+            "parameters": {s.name: _with_std({"value": self.params[s.name], "unit": s.unit},
+                                             self.uncertainties.get(s.name)) for s in self.family.params},
             "device_to_device": {k: {kind: sig} for k, (kind, sig) in self.d2d.items()},
             "cycle_to_cycle": self.scatter.to_dict(),
             "provenance": self.provenance,
@@ -101,9 +122,22 @@ class DeviceModel:
         if self.energy_per_pulse is not None:
             d["energy_per_pulse"] = {"up": {"value": self.energy_per_pulse[0], "unit": "J"},
                                      "down": {"value": self.energy_per_pulse[1], "unit": "J"}}
+        if self.condition is not None:
+            c = self.condition
+            d["pulse_condition"] = {
+                "law": c.name,
+                "parameters": {s.name: _with_std({"value": self.condition_params[s.name], "unit": s.unit},
+                                                 self.condition_uncertainties.get(s.name)) for s in c.params},
+                "reference": c.reference_dict()}
         if self.fit is not None:
             d["fit"] = self.fit
         return d
+
+
+def _with_std(q: dict, std) -> dict:
+    if std is not None:
+        q["std"] = float(std)
+    return q
 
 
 def save_model(model: DeviceModel, path: str | os.PathLike) -> None:
@@ -135,6 +169,60 @@ def _quantity(src, key, obj, unit, allow_list=False):
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
         raise _err(src, key + ".value", "a finite number", v)
     return float(v)
+
+
+def _std(src, key, obj):
+    """The optional 1-sigma uncertainty of a quantity (same unit), or None."""
+    if not isinstance(obj, dict) or "std" not in obj:
+        return None
+    s = obj["std"]
+    if not isinstance(s, (int, float)) or isinstance(s, bool) or not (math.isfinite(s) and s >= 0):
+        raise _err(src, key + ".std", "a non-negative finite number (1-sigma uncertainty in the same unit)", s)
+    return float(s)
+
+
+def _pulse_condition(src, pc):
+    """Validate a "pulse_condition" block: (law instance, parameters, uncertainties)."""
+    if not isinstance(pc, dict):
+        raise _err(src, "pulse_condition", 'an object {"law", "parameters", "reference"}', pc)
+    law = pc.get("law")
+    if law not in CONDITION_LAWS:
+        raise _err(src, "pulse_condition.law", f"one of {sorted(CONDITION_LAWS)}", law)
+    cls = CONDITION_LAWS[law]
+    pin = pc.get("parameters")
+    if not isinstance(pin, dict):
+        raise _err(src, "pulse_condition.parameters", "an object of {name: {value, unit}}", pin)
+    params, stds = {}, {}
+    for spec in cls.params:
+        key = f"pulse_condition.parameters.{spec.name}"
+        if spec.name not in pin:
+            raise _err(src, key, f"a value in {spec.unit} ({spec.description}); it is missing")
+        params[spec.name] = _quantity(src, key, pin[spec.name], spec.unit)
+        if spec.positive and params[spec.name] <= 0:
+            raise _err(src, key + ".value", "a positive number", params[spec.name])
+        s = _std(src, key, pin[spec.name])
+        if s is not None:
+            stds[spec.name] = s
+    ref = pc.get("reference")
+    if not isinstance(ref, dict):
+        raise _err(src, "pulse_condition.reference", "an object with up, down, temperature, electrolyte_thickness", ref)
+    units = cls.reference_units
+    dirs = {}
+    for dirn in ("up", "down"):
+        r = ref.get(dirn)
+        if not isinstance(r, dict):
+            raise _err(src, f"pulse_condition.reference.{dirn}", 'an object {"amplitude", "width"}', r)
+        dirs[dirn] = {k: _quantity(src, f"pulse_condition.reference.{dirn}.{k}", r.get(k), units[k])
+                      for k in ("amplitude", "width")}
+        for k, v in dirs[dirn].items():
+            if v <= 0:
+                raise _err(src, f"pulse_condition.reference.{dirn}.{k}.value", "a positive number", v)
+    glob = {}
+    for k in ("temperature", "electrolyte_thickness"):
+        glob[k] = _quantity(src, f"pulse_condition.reference.{k}", ref.get(k), units[k])
+        if glob[k] <= 0:
+            raise _err(src, f"pulse_condition.reference.{k}.value", "a positive number", glob[k])
+    return cls(dirs["up"], dirs["down"], glob["temperature"], glob["electrolyte_thickness"]), params, stds
 
 
 def model_from_dict(data, src: str = "<model>") -> DeviceModel:
@@ -186,6 +274,7 @@ def model_from_dict(data, src: str = "<model>") -> DeviceModel:
     if not isinstance(params_in, dict):
         raise _err(src, "parameters", "an object of {name: {value, unit}}", params_in)
     params = {}
+    stds = {}
     known = set(family.param_names())
     for k in params_in:
         if k not in known:
@@ -200,6 +289,9 @@ def model_from_dict(data, src: str = "<model>") -> DeviceModel:
         if spec.positive and v <= 0:
             raise _err(src, f"parameters.{spec.name}.value", "a positive number", v)
         params[spec.name] = v
+        s = _std(src, f"parameters.{spec.name}", params_in[spec.name])
+        if s is not None:
+            stds[spec.name] = s
     try:
         family.validate(params)
     except ValueError as e:
@@ -259,8 +351,13 @@ def model_from_dict(data, src: str = "<model>") -> DeviceModel:
     fit = data.get("fit")
     if fit is not None and not isinstance(fit, dict):
         raise _err(src, "fit", "an object of fit metrics", fit)
+    condition, cparams, cstds = (None, {}, {})
+    if data.get("pulse_condition") is not None:
+        condition, cparams, cstds = _pulse_condition(src, data["pulse_condition"])
     return DeviceModel(name=name, family=family, params=params, d2d=d2d, scatter=scatter,
-                       energy_per_pulse=energy, provenance=prov, fit=fit, source_file=src)
+                       energy_per_pulse=energy, provenance=prov, fit=fit, source_file=src,
+                       uncertainties=stds, condition=condition, condition_params=cparams,
+                       condition_uncertainties=cstds)
 
 
 def load_model(path: str | os.PathLike) -> DeviceModel:

@@ -1,7 +1,7 @@
 """The ``protonfem`` command.
 
-Sub-commands import their heavy dependencies lazily: ``validate``, ``train`` and ``view`` work
-without DOLFINx; ``mesh`` and ``run`` need it (``pip install protonfem[dolfinx]`` or a conda /
+Sub-commands import their heavy dependencies lazily: ``validate``, ``fit``, ``export-aihwkit``,
+``train`` and ``view`` work without DOLFINx; ``mesh`` and ``run`` need it (``pip install protonfem[dolfinx]`` or a conda /
 Docker DOLFINx).
 
 Errors a user can fix (a bad case file, a missing results directory, a failed solve) print one
@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from protonfem.postprocess.cli_view import add_view_parser
     add_view_parser(sub)
+    from protonfem.postprocess.cli_fit import add_export_aihwkit_parser, add_fit_parser
+    add_fit_parser(sub)
+    add_export_aihwkit_parser(sub)
     from protonfem.solver.verification.report import add_verify_parser
     add_verify_parser(sub)
     try:
