@@ -143,13 +143,13 @@ def cmd_sweep(args) -> int:
     from mpi4py import MPI
 
     world = MPI.COMM_WORLD.size
-    group_size = args.group_size or case.sweep.group_size
+    group_size = args.group_size if args.group_size is not None else case.sweep.group_size
     how = "given"
     if group_size is None:
         group_size = default_group_size(case, world)
         how = f"chosen for ~{estimated_dofs(case)} dofs" if case.geometry.dimension > 1 else "1-D stack"
     if group_size < 1 or world % group_size:
-        source = "--group-size" if args.group_size else "sweep.group_size"
+        source = "--group-size" if args.group_size is not None else "sweep.group_size"
         _say(f"error: {args.case}: {source}: must divide the {world} MPI rank(s), got {group_size}", err=True)
         return EXIT_BAD_INPUT
     out = Path(args.output) if args.output else Path("results") / f"{case.name}-{SWEEP_LABEL}"

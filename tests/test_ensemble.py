@@ -16,7 +16,8 @@ import pytest
 from mpi4py import MPI
 
 from protonfem.solver.ensemble import (COMPLETED, FAILED, INTERRUPTED, PENDING, Task, TaskFailure,
-                                       TaskInterrupted, read_result, run_ensemble)
+                                       TaskInterrupted, _SharedCounters, _TargetProgress, read_result,
+                                       run_ensemble)
 
 COMM = MPI.COMM_WORLD
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,6 +154,60 @@ def test_interrupt_stops_the_handout_and_resumes(shared_tmp):
     resumed = run_ensemble(tasks, worker, shared_tmp, comm=COMM, progress=False)
     assert worker.all_ran() == sorted(i for i, s in status.items() if s != COMPLETED)
     assert all(r["status"] == COMPLETED for r in resumed)
+
+
+@pytest.mark.skipif(COMM.size < 2, reason="needs a second rank")
+def test_other_ranks_keep_fetching_while_rank_0_computes(shared_tmp):
+    """Rank 0 holds the task counter; a long pure-Python task on it (no MPI calls, like a solve)
+    must not stall the other ranks' fetches."""
+    busy_s = 1.5
+
+    class BusyOnRankZero:
+        def __init__(self):
+            self.first = True
+
+        def __call__(self, task, comm, workdir):
+            if COMM.rank == 0 and self.first:
+                self.first = False
+                t0 = time.perf_counter()
+                while time.perf_counter() - t0 < busy_s:
+                    pass
+            else:
+                time.sleep(0.01)
+            return {"world_rank": COMM.rank}
+
+    records = run_ensemble(make_tasks(20), BusyOnRankZero(), shared_tmp, comm=COMM, progress=False)
+    by_rank = [sum(r["figures"]["world_rank"] == k for r in records) for k in range(COMM.size)]
+    # while rank 0 is busy the others share the other 19 tasks (~0.01 s each, plus fetches)
+    assert by_rank[0] == 1, by_rank
+
+
+@pytest.mark.skipif(COMM.size < 2, reason="needs a second rank")
+@pytest.mark.parametrize("poll", [False, True])
+def test_counter_answers_while_rank_0_computes(poll):
+    """The counter itself, with and without rank 0's polling thread (the thread is what serves
+    ranks on other nodes; on one node shared memory does)."""
+    counters = _SharedCounters(COMM)
+    helper = _TargetProgress(COMM, poll=poll)
+    assert (helper._thread is not None) == (poll and COMM.rank == 0)
+    COMM.Barrier()
+    claims = []
+    if COMM.rank == 0:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:  # pure Python: no MPI calls
+            pass
+    else:
+        t0 = time.perf_counter()
+        claims = [counters.claim() for _ in range(10)]
+        assert time.perf_counter() - t0 < 0.5  # not held up by rank 0's second of work
+    COMM.Barrier()
+    all_claims = sorted(c for part in COMM.allgather(claims) for c in part)
+    assert all_claims == list(range(10 * (COMM.size - 1)))
+    counters.finished(failed=COMM.rank == 1)
+    COMM.Barrier()
+    assert counters.read(counters.DONE, counters.FAILED) == [COMM.size, 1]
+    helper.close()
+    counters.free()
 
 
 def test_bad_arguments_are_refused(shared_tmp):
