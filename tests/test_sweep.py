@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -200,3 +202,31 @@ def test_sweep_command_lists_variants_and_refuses_bad_input(tmp_path):
 
     proc = subprocess.run([*cli, "validate", str(case_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr  # a case with a [sweep] table is still a valid case
+
+
+@pytest.mark.serial
+def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
+    case_path = short_case(tmp_path / "eight.toml", dim=1, pulses_up=1, pulses_down=1, rest=1e-6, output__fields=[],
+                           mesh__h_min=1e-10, mesh__h_max=2e-9,
+                           sweep__mode="zip", sweep__parameters={"conditions.temperature": [290.0 + 2 * i for i in range(8)]})
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "protonfem.cli", "sweep", str(case_path), "-o", str(out), "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while len(list(out.glob("variants/*/result.json"))) < 2:
+        if proc.poll() is not None or time.time() > deadline:
+            pytest.fail(f"sweep ended or stalled before the signal: {proc.communicate()}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    with open(out / "sweep.csv", newline="") as fh:
+        status = {r["id"]: r["status"] for r in csv.DictReader(fh)}
+    finished = {i for i, s in status.items() if s == "completed"}
+    assert len(status) == 8 and 2 <= len(finished) < 8
+    assert set(status.values()) <= {"completed", "interrupted", "pending"}
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"8 completed ({len(finished)} from an earlier run), 0 failed" in proc.stdout
