@@ -306,9 +306,10 @@ def _table(records: Sequence[dict]) -> str:
             names.update(dict.fromkeys(r.get(key) or {}))
         return list(names)
 
-    params = union("parameters")
-    figures = [f for f in union("figures") if f not in params]
-    columns = ["id", "status", *params, *figures, "wall_time_s", "attempts", "message"]
+    own = ["id", "status", "wall_time_s", "attempts", "message"]  # the engine's columns win a name clash
+    params = [p for p in union("parameters") if p not in own]
+    figures = [f for f in union("figures") if f not in params and f not in own]
+    columns = [*own[:2], *params, *figures, *own[2:]]
 
     def cell(value) -> str:
         if value is None:
@@ -323,8 +324,7 @@ def _table(records: Sequence[dict]) -> str:
     out = csv.writer(buf, lineterminator="\n")
     out.writerow(columns)
     for r in records:
-        values = {"id": r["id"], "status": r["status"], **(r.get("figures") or {}), **(r.get("parameters") or {}),
-                  "wall_time_s": r.get("wall_time_s"), "attempts": r.get("attempts"), "message": r.get("message")}
+        values = {**(r.get("figures") or {}), **(r.get("parameters") or {}), **{k: r.get(k) for k in own}}
         out.writerow([cell(values.get(c)) for c in columns])
     return buf.getvalue()
 

@@ -126,11 +126,15 @@ def test_default_group_size_follows_the_mesh():
 
 # ---------------------------------------------------------------------------------------------
 def tiny_sweep_case(path: Path) -> Path:
-    """Four ~1 s variants: one up and one down pulse, 1 us rests, a coarse mesh, no field output."""
-    return short_case(path, dim=1, pulses_up=1, pulses_down=1, rest=1e-6, output__fields=[],
-                      mesh__h_min=1e-10, mesh__h_max=2e-9,
-                      sweep__parameters={"protocol.trains.0.amplitude": [8.0, 10.0],
-                                         "materials.electrolyte.proton_density": [5e25, 1e26]})
+    """Four ~1 s variants: one up and one down pulse, 1 us rests, a coarse mesh, no field output.
+    Written by rank 0 only (atomically, by short_case), read by all after the barrier."""
+    if COMM.rank == 0:
+        short_case(path, dim=1, pulses_up=1, pulses_down=1, rest=1e-6, output__fields=[],
+                   mesh__h_min=1e-10, mesh__h_max=2e-9,
+                   sweep__parameters={"protocol.trains.0.amplitude": [8.0, 10.0],
+                                      "materials.electrolyte.proton_density": [5e25, 1e26]})
+    COMM.Barrier()
+    return path
 
 
 def test_sweep_table_matches_the_variant_summaries_and_resumes(shared_tmp):
