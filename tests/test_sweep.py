@@ -107,6 +107,17 @@ def test_bad_sweeps_give_one_line_errors(parameters, table, expected):
     assert expected in sweep_error(with_sweep(parameters, **table))
 
 
+SHIPPED_SWEEPS = sorted(p for p in (ROOT / "cases").rglob("*.toml") if "\n[sweep]" in p.read_text())
+
+
+def test_shipped_sweeps_expand():
+    assert SHIPPED_SWEEPS
+    for path in SHIPPED_SWEEPS:
+        base, variants = load_sweep(path)
+        assert base.sweep is not None and len(variants) >= 2
+        assert all(v.case.sweep is None and v.case.name.startswith(base.name) for v in variants)
+
+
 def test_a_case_without_sweep_table_cannot_be_swept():
     assert "dev.toml: sweep: missing table" in sweep_error(reference(1))
 
