@@ -148,11 +148,12 @@ def tiny_sweep_case(path: Path) -> Path:
     return path
 
 
-def test_sweep_table_matches_the_variant_summaries_and_resumes(shared_tmp):
+@pytest.mark.parametrize("group_size", sorted({1, COMM.size}))
+def test_sweep_table_matches_the_variant_summaries_and_resumes(shared_tmp, group_size):
     case_path = tiny_sweep_case(shared_tmp / "tiny.toml")
     _, variants = load_sweep(case_path)
     out = shared_tmp / "out"
-    records = run_sweep(case_path, variants, out, group_size=1, progress=False)
+    records = run_sweep(case_path, variants, out, group_size=group_size, progress=False)
     assert [r["status"] for r in records] == ["completed"] * 4, [r["message"] for r in records]
     COMM.Barrier()
     with open(out / "sweep.csv", newline="") as fh:
@@ -161,6 +162,7 @@ def test_sweep_table_matches_the_variant_summaries_and_resumes(shared_tmp):
     for row, variant in zip(rows, variants):
         summary = json.loads((out / "variants" / row["id"] / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["case"] == f"tiny-{row['id']}"
+        assert summary["ranks"] == group_size
         assert (out / "variants" / row["id"] / "series.csv").is_file()
         up, down = summary["per_pulse"]
         # the variant ran with its parameters ...
@@ -188,7 +190,7 @@ def test_sweep_table_matches_the_variant_summaries_and_resumes(shared_tmp):
 
     # Resumable: nothing left to run, nothing rewritten.
     mtimes = [os.stat(out / "variants" / v.id / "result.json").st_mtime_ns for v in variants]
-    again = run_sweep(case_path, variants, out, group_size=1, progress=False)
+    again = run_sweep(case_path, variants, out, group_size=group_size, progress=False)
     assert all(r["reused"] and r["status"] == "completed" for r in again)
     assert [os.stat(out / "variants" / v.id / "result.json").st_mtime_ns for v in variants] == mtimes
 
