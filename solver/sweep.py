@@ -34,11 +34,11 @@ from mpi4py import MPI
 
 from .case import Case, CaseError, case_hash, parse_case, read_case_data
 from .ensemble import Task, TaskFailure, TaskInterrupted, run_ensemble
+from .scaling import Q_E
 
 #: About one rank per this many unknowns when a 2-D/3-D variant is split over a group: below it,
 #: communication outweighs the solve (README: the 6.75 k-dof cross-section gains little from 2 ranks).
 DOFS_PER_RANK = 30_000
-Q_E = 1.602176634e-19
 SWEEP_LABEL = "sweep"
 
 
