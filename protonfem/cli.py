@@ -1,7 +1,8 @@
 """The ``protonfem`` command.
 
 Sub-commands import their heavy dependencies lazily: ``validate``, ``fit``, ``export-aihwkit``,
-``train`` and ``view`` work without DOLFINx; ``mesh`` and ``run`` need it (``pip install protonfem[dolfinx]`` or a conda /
+``train`` and ``view`` work without DOLFINx; ``mesh``, ``run`` and ``sweep`` need it
+(``pip install protonfem[dolfinx]`` or a conda /
 Docker DOLFINx).
 
 Errors a user can fix (a bad case file, a missing results directory, a failed solve) print one
@@ -107,6 +108,9 @@ def cmd_run(args) -> int:
             return EXIT_BAD_INPUT
     from protonfem.solver.run import Simulation
 
+    if case.sweep is not None:
+        _say(f"note: {args.case} has a [sweep] table; `protonfem run` runs the case as written "
+             "(use `protonfem sweep` for the variants)", err=True)
     try:
         sim = Simulation(args.case, args.output, progress=not args.quiet, case=case)
         summary = sim.run()
@@ -167,6 +171,51 @@ def console_level(args) -> str:
     return "info"
 
 
+def cmd_sweep(args) -> int:
+    from protonfem.solver.case import CaseError
+    from protonfem.solver.sweep import SWEEP_LABEL, default_group_size, estimated_dofs, load_sweep
+
+    try:
+        case, variants = load_sweep(args.case)
+    except CaseError as exc:
+        _say(f"error: {exc}", err=True)
+        return EXIT_BAD_INPUT
+    if args.list:
+        keys = list(variants[0].parameters)
+        _say("  ".join(["id", *keys]))
+        for v in variants:
+            _say("  ".join([v.id, *(f"{v.parameters[k]!r}" for k in keys)]))
+        return 0
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD.size
+    group_size = args.group_size if args.group_size is not None else case.sweep.group_size
+    how = "given"
+    if group_size is None:
+        group_size = default_group_size(case, world)
+        how = f"chosen for ~{estimated_dofs(case)} dofs" if case.geometry.dimension > 1 else "1-D stack"
+    if group_size < 1 or world % group_size:
+        source = "--group-size" if args.group_size is not None else "sweep.group_size"
+        _say(f"error: {args.case}: {source}: must divide the {world} MPI rank(s), got {group_size}", err=True)
+        return EXIT_BAD_INPUT
+    out = Path(args.output) if args.output else Path("results") / f"{case.name}-{SWEEP_LABEL}"
+    _say(f"{case.name}: {len(variants)} variants ({case.sweep.mode} over {', '.join(variants[0].parameters)}), "
+         f"group size {group_size} ({how}), {world // group_size} group(s) on {world} rank(s); output {out}")
+    from protonfem.solver.sweep import run_sweep
+
+    records = run_sweep(args.case, variants, out, group_size, progress=not args.quiet)
+    counts = {s: sum(r["status"] == s for r in records) for s in ("completed", "failed", "interrupted", "pending")}
+    reused = sum(r["reused"] for r in records)
+    _say(f"{case.name}: {counts['completed']} completed ({reused} from an earlier run), {counts['failed']} failed, "
+         f"{counts['interrupted'] + counts['pending']} not finished; table {out / (SWEEP_LABEL + '.csv')}")
+    for r in records:
+        if r["status"] == "failed":
+            _say(f"  {r['id']} failed: {r['message']}", err=True)
+    if counts["interrupted"] or counts["pending"]:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if counts["failed"] else 0
+
+
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="protonfem", description="protonfem: protonic programmable resistors from "
@@ -195,6 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PETSc option for the nonlinear/linear solver, without prefix or dash, over the case's "
                         "solver.petsc_options; repeatable; a flag as KEY= (e.g. --petsc-option snes_monitor=)")
     r.set_defaults(func=cmd_run)
+
+    sw = sub.add_parser("sweep", help="run the case's [sweep] variants as an MPI ensemble (resumable)")
+    sw.add_argument("case", type=Path, metavar="CASE")
+    sw.add_argument("-o", "--output", type=Path, default=None,
+                    help="directory (default results/<case>-sweep): variants/<id>/, sweep.csv, sweep.json")
+    sw.add_argument("-k", "--group-size", type=int, default=None,
+                    help="MPI ranks per variant (default: sweep.group_size, else from the mesh size; 1-D: 1)")
+    sw.add_argument("--list", action="store_true", help="list the variants and their parameters, run nothing")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=cmd_sweep)
 
     from protonfem.postprocess.cli_view import add_view_parser
     add_view_parser(sub)

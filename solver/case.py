@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -291,6 +291,27 @@ class OutputSettings(_Strict):
     series_every_step: bool = Field(False, description="write a series row after every accepted step, not only at pulse ends and reads")
 
 
+class Sweep(_Strict):
+    """A parameter sweep over the case (``protonfem sweep``): each variant is the case as written
+    with some keys replaced. ``protonfem run`` ignores this table and runs the case as written."""
+
+    mode: Literal["grid", "zip"] = Field("grid", description="'grid': every combination of the values (the first key varies slowest); 'zip': the i-th values of all keys together")
+    group_size: Annotated[int, Field(ge=1, strict=True)] | None = Field(None, description="MPI ranks per variant; default from the mesh size (1-D: 1)")
+    parameters: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(min_length=1, description="dotted case key (list entries by index, e.g. \"protocol.trains.0.amplitude\") -> list of values")
+
+    @model_validator(mode="after")
+    def _keys_and_lengths(self):
+        for key in self.parameters:
+            if key.startswith("sweep") or any(not part.strip() for part in key.split(".")):
+                raise ValueError(f"parameter key {key!r} must be a dotted key of the case outside [sweep], "
+                                 "e.g. \"geometry.electrolyte_thickness\"")
+        lengths = {key: len(values) for key, values in self.parameters.items()}
+        if self.mode == "zip" and len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+            raise ValueError(f"mode 'zip' needs lists of equal length (got {shown})")
+        return self
+
+
 class Case(_Strict):
     name: str | None = Field(None, description="case name (default: the file name without .toml)")
     description: str = ""
@@ -302,6 +323,7 @@ class Case(_Strict):
     protocol: Protocol
     solver: SolverSettings = SolverSettings()
     output: OutputSettings = OutputSettings()
+    sweep: Sweep | None = Field(None, description="parameter sweep for `protonfem sweep`; ignored by `protonfem run`")
 
     @model_validator(mode="after")
     def _physically_possible(self):
@@ -393,19 +415,22 @@ def parse_case(data: dict, path: Path | str = "<case>") -> Case:
     return case
 
 
-def load_case(path: Path | str) -> Case:
-    """Read and validate a case file."""
+def read_case_data(path: Path | str) -> dict:
+    """The parsed but unvalidated TOML mapping of a case file (sweeps edit it before validation)."""
     path = Path(path)
     if not path.is_file():
         raise CaseError(f"{path}: no such case file")
     try:
-        raw = path.read_bytes()
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
         raise CaseError(f"{path}: not UTF-8 text; expected a TOML case file") from None
     except tomllib.TOMLDecodeError as exc:
         raise CaseError(f"{path}: invalid TOML: {exc}") from None
-    return parse_case(data, path)
+
+
+def load_case(path: Path | str) -> Case:
+    """Read and validate a case file."""
+    return parse_case(read_case_data(path), path)
 
 
 def case_hash(path: Path | str) -> str:
