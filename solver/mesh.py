@@ -37,8 +37,10 @@ def _build_gmsh_model(case: Case) -> None:
         raise CaseError("geometry.dimension: 3-D device meshes are not available yet; use 1 or 2")
 
 
-def create_device_mesh(case: Case, comm: MPI.Comm = MPI.COMM_WORLD, write_msh: Path | None = None) -> DeviceMesh:
-    """Build the case's mesh on rank 0 and distribute it over ``comm``."""
+def create_device_mesh(case: Case, comm: MPI.Comm = MPI.COMM_WORLD, write_msh: Path | None = None,
+                       partitioner=None) -> DeviceMesh:
+    """Build the case's mesh on rank 0 and distribute it over ``comm`` (with DOLFINx's default
+    partitioner, or ``partitioner``: a resumed run reuses its checkpoint's partition)."""
     if case.geometry.dimension == 3:
         raise CaseError("geometry.dimension: 3-D device meshes are not available yet; use 1 or 2")
     initialized_here = not gmsh.isInitialized()
@@ -52,7 +54,7 @@ def create_device_mesh(case: Case, comm: MPI.Comm = MPI.COMM_WORLD, write_msh: P
             if write_msh is not None:
                 from protonfem.meshes import write_mesh
                 write_mesh(write_msh)
-        data = dgmsh.model_to_mesh(gmsh.model, comm, 0, gdim=case.geometry.dimension)
+        data = dgmsh.model_to_mesh(gmsh.model, comm, 0, gdim=case.geometry.dimension, partitioner=partitioner)
     finally:
         if comm.rank == 0:
             gmsh.model.remove()

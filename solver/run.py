@@ -247,8 +247,7 @@ class Simulation:
 
     def _after_step(self, t: float, dt: float):
         m = self.model
-        Qg = m.charges()["gate"]
-        Nres = m._sum(m._inventory_forms["reservoir"]) * m.scales.count
+        Qg, Nres = m.gate_state()
         dQd = Qg - self._Qg
         dQf = Q_E * (self._Nres - Nres)  # each proton leaving the Pd sends one electron out of the gate
         V = self.stepper.gate_voltage
@@ -390,6 +389,9 @@ class Simulation:
                      self._eq_steps)
             self.stepper.t = 0.0
             self.stepper.gate_voltage = self.case.protocol.rest_voltage
+            # At equilibrium nothing limits the step: the first pulse edge then starts like every
+            # later one, at an eighth of its segment (and the error control shrinks it if needed).
+            self.stepper.dt = self.case.solver.dt_max
             self.model.set_reservoir_reference()
             self.model.set_transport_scale(self.model.inventory_scaled())
             self._bookkeeping_reset()

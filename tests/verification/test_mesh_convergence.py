@@ -18,9 +18,9 @@ COMM = MPI.COMM_WORLD
 #: communication; partition independence is tested in tests/test_solver.py).
 pytestmark = pytest.mark.serial
 #: One +10 V / 5 ns pulse; a short held rest keeps the test quick while the pulse-end charge is
-#: the quantity the mesh has to resolve (double layers at both interfaces).
-BASE = dict(pulses_up=1, pulses_down=0, rest=1e-3, output__fields=[], protocol__rest_gate="held",
-            solver__lte_tolerance=0.01, solver__charge_tolerance=1e-3)
+#: the quantity the mesh has to resolve (double layers at both interfaces). Shipped time-step
+#: settings: their time error in this charge is ~0.2 % (against 50x tighter ones).
+BASE = dict(pulses_up=1, pulses_down=0, rest=1e-3, output__fields=[], protocol__rest_gate="held")
 
 
 @pytest.fixture
