@@ -307,7 +307,7 @@ def load_rests(run_dir, rows: list[dict] | None = None) -> dict:
         if r["event"] == "pulse_end" and _float(r["pulse_amplitude_V"]) != 0.0:
             last = int(_float(r["pulse"]))
             ends[last] = _float(r["time_s"])
-        if r["event"] in ("initial", "read", "step"):
+        if r["event"] in ("initial", "read", "rest_read", "step"):
             gv = _float(r["conductance_S"])
             if math.isfinite(gv):
                 t.append(_float(r["time_s"]))

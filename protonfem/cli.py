@@ -97,9 +97,6 @@ def cmd_run(args) -> int:
     except CaseError as exc:
         _say(f"error: {exc}", err=True)
         return EXIT_BAD_INPUT
-    if args.resume:
-        _say("error: --resume: checkpoints are not written by this version; rerun the case", err=True)
-        return EXIT_BAD_INPUT
     if args.petsc_option:
         try:
             case = with_petsc_options(case, args.petsc_option)
@@ -108,11 +105,18 @@ def cmd_run(args) -> int:
             return EXIT_BAD_INPUT
     from protonfem.solver.run import Simulation
 
+    if args.resume:
+        from protonfem.solver.checkpoint import CHECKPOINT_DIR, META_NAME
+        out = Path(args.output) if args.output else Path("results") / case.name
+        if not (out / CHECKPOINT_DIR / META_NAME).is_file():
+            _say(f"error: --resume: no checkpoint in {out} ({CHECKPOINT_DIR}/{META_NAME} is missing); "
+                 "run without --resume (checkpoints are written every output.checkpoint_every pulses)", err=True)
+            return EXIT_BAD_INPUT
     if case.sweep is not None:
         _say(f"note: {args.case} has a [sweep] table; `protonfem run` runs the case as written "
              "(use `protonfem sweep` for the variants)", err=True)
     try:
-        sim = Simulation(args.case, args.output, progress=not args.quiet, case=case)
+        sim = Simulation(args.case, args.output, progress=not args.quiet, case=case, resume=args.resume)
         summary = sim.run()
     except CaseError as exc:
         _say(f"error: {exc}", err=True)
@@ -237,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a case (under mpiexec -n N for domain decomposition)")
     r.add_argument("case", type=Path, metavar="CASE")
     r.add_argument("-o", "--output", type=Path, default=None, help="results directory (default results/<case>)")
-    r.add_argument("--resume", action="store_true", help="continue from a checkpoint (not available yet)")
+    r.add_argument("--resume", action="store_true", help="continue from the results directory's last checkpoint (output.checkpoint_every); "
+                        "the series then matches an uninterrupted run")
     r.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar, only warnings and errors on the console (the log file is complete)")
     r.add_argument("--petsc-option", action="append", default=[], metavar="KEY=VALUE",

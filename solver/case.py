@@ -249,6 +249,13 @@ class PulseTrain(_Strict):
     rise: Positive = Field(1e-10, description="linear rise time [s]")
     fall: Positive = Field(1e-10, description="linear fall time [s]")
     rest: Positive = Field(description="time from the end of the fall to the read-out and the next pulse [s]")
+    read_delays: list[Positive] = Field(default_factory=list, description="extra read-outs during each rest, at these delays after the fall (retention curves; series event 'rest_read') [s]")
+
+    @model_validator(mode="after")
+    def _reads_inside_rest(self):
+        if any(d >= self.rest for d in self.read_delays):
+            raise ValueError(f"read_delays must be shorter than rest ({self.rest:g} s), got {self.read_delays}")
+        return self
 
 
 class Protocol(_Strict):
@@ -289,6 +296,7 @@ class OutputSettings(_Strict):
     field_every: Annotated[int, Field(ge=1, strict=True)] = Field(1, description="write fields at every n-th pulse [-]")
     field_times: list[NonNegative] = Field(default_factory=list, description="extra absolute times at which fields are written (become time-step breakpoints) [s]")
     series_every_step: bool = Field(False, description="write a series row after every accepted step, not only at pulse ends and reads")
+    checkpoint_every: Annotated[int, Field(ge=0, strict=True)] = Field(10, description="write a checkpoint (RESULTS/checkpoint/) after every n-th pulse, for `protonfem run --resume`; 0: none [-]")
 
 
 class Sweep(_Strict):

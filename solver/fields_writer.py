@@ -62,6 +62,8 @@ class FieldWriter:
         outdir: output directory (created).
         comm: communicator (default ``mesh.comm``); every method is collective on it.
         xdmf, vtkhdf: switch either output off.
+        stem: file names ``<stem>.xdmf``, ``<stem>.vtkhdf``, ``<stem>_index.json`` (a resumed run
+            continues in new files next to the first ones).
     """
 
     def __init__(
@@ -73,8 +75,12 @@ class FieldWriter:
         *,
         xdmf: bool = True,
         vtkhdf: bool = True,
+        stem: str = "fields",
     ):
         self.mesh = mesh
+        self.stem = stem
+        self._names = {"xdmf": XDMF_NAME, "vtkhdf": VTKHDF_NAME, "index": INDEX_NAME} if stem == "fields" else \
+            {"xdmf": f"{stem}.xdmf", "vtkhdf": f"{stem}.vtkhdf", "index": f"{stem}_index.json"}
         self.comm = mesh.comm if comm is None else comm
         self.outdir = Path(outdir)
         self.functions = dict(functions)
@@ -119,10 +125,10 @@ class FieldWriter:
 
         self._xdmf = None
         if xdmf:
-            self._xdmf = dolfinx.io.XDMFFile(self.comm, str(self.outdir / XDMF_NAME), "w")
+            self._xdmf = dolfinx.io.XDMFFile(self.comm, str(self.outdir / self._names["xdmf"]), "w")
             self._xdmf.write_mesh(mesh)
             self._xdmf.flush()
-        self._vtk_path = self.outdir / VTKHDF_NAME if vtkhdf else None
+        self._vtk_path = self.outdir / self._names["vtkhdf"] if vtkhdf else None
         if self._vtk_path is not None:
             self._init_vtkhdf()
         self._write_index()
@@ -263,11 +269,11 @@ class FieldWriter:
                 for name, (_, copy, kind) in self._fields.items()
             },
             "files": {
-                "xdmf": XDMF_NAME if self._xdmf is not None else None,
-                "vtkhdf": VTKHDF_NAME if self._vtk_path is not None else None,
+                "xdmf": self._names["xdmf"] if self._xdmf is not None else None,
+                "vtkhdf": self._names["vtkhdf"] if self._vtk_path is not None else None,
             },
         }
-        _atomic_write_text(self.outdir / INDEX_NAME, json.dumps(index, indent=1) + "\n")
+        _atomic_write_text(self.outdir / self._names["index"], json.dumps(index, indent=1) + "\n")
 
     # ------------------------------------------------------------------------------ API
     def write(self, t: float) -> None:

@@ -22,6 +22,12 @@ class Pulse:
     width: float
     fall: float
     rest: float
+    read_delays: tuple[float, ...] = ()
+
+    @property
+    def rest_reads(self) -> tuple[float, ...]:
+        """Times of the extra read-outs during the rest."""
+        return tuple(self.end + d for d in self.read_delays)
 
     @property
     def plateau_start(self) -> float:
@@ -56,7 +62,8 @@ class Waveform:
         index = 1
         for k, train in enumerate(protocol.trains):
             for _ in range(train.count):
-                p = Pulse(index, k, train.amplitude, t, train.rise, train.width, train.fall, train.rest)
+                p = Pulse(index, k, train.amplitude, t, train.rise, train.width, train.fall, train.rest,
+                          tuple(sorted(train.read_delays)))
                 self.pulses.append(p)
                 t = p.read_time
                 index += 1
@@ -85,6 +92,7 @@ class Waveform:
         pts = set()
         for p in self.pulses:
             pts.update(p.edges)
+            pts.update(p.rest_reads)
             pts.add(p.read_time)
         pts.update(t for t in extra if 0.0 <= t <= self.t_end)
         return sorted(pts)

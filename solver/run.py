@@ -39,6 +39,7 @@ from mpi4py import MPI
 
 from protonfem import __version__, logs
 from .case import Case, case_hash, load_case
+from .checkpoint import Checkpointer, CheckpointError, cell_partition, partitioner_from
 from .mesh import create_device_mesh
 from .model import DEFAULT_PETSC_OPTIONS, DeviceModel
 from .protocol import Waveform
@@ -79,12 +80,31 @@ def write_json_atomic(path: Path, obj) -> None:
 class SeriesWriter:
     """Rank-0 CSV writer; every row is complete on disk before the next step."""
 
-    def __init__(self, path: Path, comm):
+    def __init__(self, path: Path, comm, keep_rows: int | None = None):
+        """A new file; or, with ``keep_rows`` (resuming), the existing one cut back to its header
+        and first ``keep_rows`` rows (replaced atomically), then appended to."""
         self.comm = comm
         self.fh = None
+        self.kept: list[dict] = []
         if comm.rank == 0:
-            self.fh = open(path, "w", newline="")
-            self._write_line(",".join(SERIES_COLUMNS))
+            if keep_rows is None:
+                self.fh = open(path, "w", newline="")
+                self._write_line(",".join(SERIES_COLUMNS))
+            else:
+                lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+                if len(lines) < keep_rows + 1 or lines[0].rstrip("\n") != ",".join(SERIES_COLUMNS):
+                    raise CheckpointError(f"{path}: has {max(len(lines) - 1, 0)} rows, the checkpoint needs the "
+                                          f"first {keep_rows}; the results directory does not belong to this checkpoint")
+                tmp = path.with_name(path.name + ".tmp")
+                with open(tmp, "w", newline="") as fh:
+                    fh.writelines(lines[:keep_rows + 1])
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+                self.kept = [_parse_row(line) for line in lines[1:keep_rows + 1]]
+                self.fh = open(path, "a", newline="")
+        if keep_rows is not None:
+            self.kept = comm.bcast(self.kept, root=0)
 
     def _write_line(self, line: str):
         self.fh.write(line + "\n")
@@ -104,6 +124,20 @@ class SeriesWriter:
         if self.fh is not None:
             self.fh.close()
             self.fh = None
+
+
+def _parse_row(line: str) -> dict:
+    """A series.csv line back into the row dictionary it was written from (numbers as floats,
+    the integer columns as ints)."""
+    row = {}
+    for key, text in zip(SERIES_COLUMNS, line.rstrip("\n").split(",")):
+        if key == "event" or text == "":
+            row[key] = text
+        elif key in ("pulse", "train", "steps_accepted", "steps_rejected", "newton_iterations"):
+            row[key] = int(text)
+        else:
+            row[key] = float(text)
+    return row
 
 
 @contextlib.contextmanager
@@ -130,8 +164,9 @@ class Simulation:
     """One run of a case file; ``run()`` returns the summary dictionary."""
 
     def __init__(self, case_path: Path | str, output: Path | str | None = None, comm=MPI.COMM_WORLD,
-                 progress: bool = True, case: Case | None = None):
+                 progress: bool = True, case: Case | None = None, resume: bool = False):
         self.case_path = Path(case_path)
+        self.resume = resume
         self.case = case if case is not None else load_case(self.case_path)
         self.comm = comm
         self.outdir = Path(output) if output is not None else Path("results") / self.case.name
@@ -151,7 +186,21 @@ class Simulation:
         if comm.rank == 0:
             self.outdir.mkdir(parents=True, exist_ok=True)
         comm.Barrier()
-        dm = create_device_mesh(case, comm)
+        self._checkpointer = Checkpointer(self.outdir, comm)
+        partitioner = None
+        self._resume_state = None
+        if self.resume:
+            self._resume_state = st = self._checkpointer.read_state()
+            if st["case_hash"] != self._hash:
+                raise CheckpointError(f"{self.outdir}: the checkpoint belongs to another version of the case file "
+                                      f"(hash {st['case_hash'][:12]}..., {self.case_path} has {str(self._hash)[:12]}...); "
+                                      "run it afresh without --resume")
+            if st["protonfem"] != __version__:
+                raise CheckpointError(f"{self.outdir}: checkpoint written by protonfem {st['protonfem']}, "
+                                      f"this is {__version__}; run the case afresh")
+            if comm.size > 1:
+                partitioner = partitioner_from(self._checkpointer.read_partition())
+        dm = create_device_mesh(case, comm, partitioner=partitioner)
         self.model = m = DeviceModel(case, dm.mesh, dm.cell_tags, dm.facet_tags)
         self.readout = ConductanceReadout(m)
         self.waveform = Waveform(case.protocol)
@@ -176,10 +225,15 @@ class Simulation:
             gu = ufl.grad(m.u_expr)
             self._out_exprs["field_magnitude"] = fem.Expression(ufl.sqrt(ufl.inner(gu, gu)) * sc.field, pts0)
         self.writer = None
+        resumes = self._resume_state["resumes"] + 1 if self._resume_state else 0
         if self._out_funcs:
+            # a resumed run continues its fields in new files next to the first ones
+            stem = "fields" if not resumes else f"fields_resume{resumes}"
             with _si_geometry(m.mesh):
-                self.writer = FieldWriter(m.mesh, self._out_funcs, self.outdir, comm)
-        self.series = SeriesWriter(self.outdir / "series.csv", comm)
+                self.writer = FieldWriter(m.mesh, self._out_funcs, self.outdir, comm, stem=stem)
+        self._resumes = resumes
+        keep = self._resume_state["series_rows"] if self._resume_state else None
+        self.series = SeriesWriter(self.outdir / "series.csv", comm, keep_rows=keep)
 
     def _write_fields(self, t: float):
         if self.writer is None:
@@ -300,7 +354,8 @@ class Simulation:
         return {
             "case": self.case.name, "case_file": str(self.case_path.resolve()), "case_hash": self._hash,
             "status": status, "message": message,
-            "started_utc": self._started, "wall_time_s": time.perf_counter() - self._t0,
+            "started_utc": self._started, "wall_time_s": time.perf_counter() - self._t0 + self._wall_before,
+            "resumed": self._resumes if hasattr(self, "_resumes") else 0,
             "ranks": self.comm.size, "versions": self._versions,
             "host": platform.node(),
             "mesh": {"dimension": self.case.geometry.dimension,
@@ -367,6 +422,7 @@ class Simulation:
 
     def _run_logged(self) -> dict:
         self._t0 = time.perf_counter()
+        self._wall_before = 0.0  # wall time of the runs this one resumes
         self._started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._hash = case_hash(self.case_path) if self.case_path.is_file() else None
         self._versions = _versions()
@@ -384,23 +440,29 @@ class Simulation:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     old[sig] = signal.signal(sig, self._handle_signal)
             self._write_summary("running")
-            self._eq_steps = self._equilibrate()
-            log.info("equilibrium at the rest voltage %g V: %d steps", self.case.protocol.rest_voltage,
-                     self._eq_steps)
-            self.stepper.t = 0.0
-            self.stepper.gate_voltage = self.case.protocol.rest_voltage
-            # At equilibrium nothing limits the step: the first pulse edge then starts like every
-            # later one, at an eighth of its segment (and the error control shrinks it if needed).
-            self.stepper.dt = self.case.solver.dt_max
-            self.model.set_reservoir_reference()
-            self.model.set_transport_scale(self.model.inventory_scaled())
-            self._bookkeeping_reset()
-            row = self._row(0.0, "initial", None, self.readout.conductance())
-            log.info("initial conductance %.6g nS; %d pulses to run", row["conductance_S"] * 1e9,
-                     len(self.waveform.pulses))
-            if self._wants_fields("initial", 0):
-                self._write_fields(0.0)
-            self._run_protocol()
+            if self._resume_state is not None:
+                start = self._restore(self._resume_state)
+                log.info("resumed from the checkpoint after pulse %d (t = %.6g s); series.csv cut back to "
+                         "its %d rows", start, self.stepper.t, len(self._rows))
+            else:
+                start = 0
+                self._eq_steps = self._equilibrate()
+                log.info("equilibrium at the rest voltage %g V: %d steps", self.case.protocol.rest_voltage,
+                         self._eq_steps)
+                self.stepper.t = 0.0
+                self.stepper.gate_voltage = self.case.protocol.rest_voltage
+                # At equilibrium nothing limits the step: the first pulse edge then starts like every
+                # later one, at an eighth of its segment (and the error control shrinks it if needed).
+                self.stepper.dt = self.case.solver.dt_max
+                self.model.set_reservoir_reference()
+                self.model.set_transport_scale(self.model.inventory_scaled())
+                self._bookkeeping_reset()
+                row = self._row(0.0, "initial", None, self.readout.conductance())
+                log.info("initial conductance %.6g nS; %d pulses to run", row["conductance_S"] * 1e9,
+                         len(self.waveform.pulses))
+                if self._wants_fields("initial", 0):
+                    self._write_fields(0.0)
+            self._run_protocol(start)
             status = "completed"
         except RunInterrupted:
             status, message = "interrupted", "stopped by signal; everything written so far is complete"
@@ -409,6 +471,9 @@ class Simulation:
         except SolverFailure as exc:
             status, message = "failed", str(exc)
             log.error("solve failed: %s", exc)
+        except CheckpointError as exc:
+            status, message = "failed", str(exc)
+            log.error("cannot resume: %s", exc)
         except BaseException:
             log.exception("run aborted by an unexpected error")
             raise
@@ -444,18 +509,23 @@ class Simulation:
 
         return voltage
 
-    def _run_protocol(self):
+    def _run_protocol(self, start: int = 0):
+        """Run the pulses after the first ``start`` (a resumed run's checkpoint)."""
         st = self.stepper
         pulses = self.waveform.pulses
         extra = sorted(self.case.output.field_times)
+        every = self.case.output.checkpoint_every
         with logs.progress_bar(self.progress, total=len(pulses), desc=self.case.name, unit="pulse") as bar:
-            for p in pulses:
+            if bar is not None and start:
+                bar.update(start)
+            for p in pulses[start:]:
                 before = dataclasses.replace(st.stats)
                 self._newton_failures.clear()
                 self._current_pulse = p
                 self._pulse_acc = dict(qd=0.0, qf=0.0, ed=0.0, ef=0.0)
                 stops = [(tt, "edge") for tt in p.edges[1:]]
                 stops += [(tt, "field") for tt in extra if p.start < tt < p.read_time]
+                stops += [(tt, "rest_read") for tt in p.rest_reads]
                 stops += [(p.read_time, "read")]
                 stops.sort()
                 st.restart(p.rise)  # the pulse's rise starts here: dV/dt jumps
@@ -468,6 +538,8 @@ class Simulation:
                         raise RunInterrupted()
                     if kind == "field":
                         self._write_fields(tt)
+                    elif kind == "rest_read":  # retention: the conductance during the rest
+                        self._row(tt, "rest_read", p, self.readout.conductance())
                     elif kind == "edge":
                         # corner of the trapezoid: restart first-order, sized for the next segment
                         nxt = next((t2 for t2, _ in stops if t2 > tt), p.read_time)
@@ -483,10 +555,71 @@ class Simulation:
                         if self._wants_fields("rest_end", p.index):
                             self._write_fields(tt)
                 self._write_summary("running")
+                if every and p.index % every == 0 and p.index < len(pulses):
+                    self._save_checkpoint(p.index)
                 self._log_pulse(p, len(pulses), before)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(f"G={self._rows[-1]['conductance_S'] * 1e9:.4g} nS")
+
+    # ------------------------------------------------------------------------------------------
+    def _save_checkpoint(self, pulses_done: int):
+        """Everything the rest of the run depends on, at the boundary after pulse ``pulses_done``
+        (see checkpoint.py); a run resumed from it writes the same series as one never stopped."""
+        m, st = self.model, self.stepper
+        arrays = {"x_n": m.x_n.x.array, "x_nm1": m.x_nm1.x.array, "x_nm2": st._x_nm2,
+                  "dof_globals": self._dof_globals()}
+        if st._floating_dxdv is not None:
+            arrays["floating_dxdv"] = st._floating_dxdv
+        state = {
+            "case_hash": self._hash, "protonfem": __version__, "pulses_done": pulses_done,
+            "series_rows": len(self._rows), "resumes": self._resumes,
+            "stepper": {"t": st.t, "dt": st.dt, "steps": list(st._steps), "v_history": list(st._v_history),
+                        "gate_voltage": st.gate_voltage, "floating_charge": st.floating_charge,
+                        "floating_slope": st._floating_slope, "terminal_charge_n": st._terminal_charge_n,
+                        "accepted": st.stats.accepted, "rejected": st.stats.rejected,
+                        "newton_iterations": st.stats.newton_iterations, "last_reason": st.stats.last_reason},
+            "model": {"transport_atol": m.transport_atol, "reservoir_reference": m._reservoir_reference},
+            "run": {"inv0": self._inv0, "N0": self._N0, "Qg": self._Qg, "Nres": self._Nres, "Qfar": self._Qfar,
+                    "I": list(self._I), "max_inv_err": self._max_inv_err, "max_gauss_err": self._max_gauss_err,
+                    "fields_written": self._fields_written, "eq_steps": self._eq_steps,
+                    "wall_time_s": time.perf_counter() - self._t0 + self._wall_before},
+        }
+        partition = cell_partition(m.mesh, self.comm) if self.comm.size > 1 else None
+        self._checkpointer.save(arrays, state, partition)
+        log.debug("checkpoint after pulse %d", pulses_done)
+
+    def _dof_globals(self) -> np.ndarray:
+        imap = self.model.W.dofmap.index_map
+        return imap.local_to_global(np.arange(imap.size_local + imap.num_ghosts, dtype=np.int32))
+
+    def _restore(self, state: dict) -> int:
+        m, st = self.model, self.stepper
+        arrays = self._checkpointer.read_arrays()
+        if not np.array_equal(arrays["dof_globals"], self._dof_globals()):
+            raise CheckpointError(f"{self.outdir}: this run numbers its unknowns differently from the checkpoint "
+                                  "(another mesh or partition); run the case afresh")
+        for f, key in ((m.x, "x_n"), (m.x_n, "x_n"), (m.x_nm1, "x_nm1")):
+            f.x.array[:] = arrays[key]
+        st._x_nm2[:] = arrays["x_nm2"]
+        st._floating_dxdv = arrays.get("floating_dxdv")
+        s = state["stepper"]
+        st.t, st.dt, st._steps, st._v_history = s["t"], s["dt"], list(s["steps"]), list(s["v_history"])
+        st.gate_voltage, st.floating_charge = s["gate_voltage"], s["floating_charge"]
+        st._floating_slope, st._terminal_charge_n = s["floating_slope"], s["terminal_charge_n"]
+        st.stats.accepted, st.stats.rejected = s["accepted"], s["rejected"]
+        st.stats.newton_iterations, st.stats.last_reason = s["newton_iterations"], s["last_reason"]
+        m.set_gate_voltage(st.gate_voltage)
+        m.transport_atol = state["model"]["transport_atol"]
+        m._reservoir_reference = state["model"]["reservoir_reference"]
+        r = state["run"]
+        self._inv0, self._N0, self._Qg, self._Nres, self._Qfar = r["inv0"], r["N0"], r["Qg"], r["Nres"], r["Qfar"]
+        self._I = tuple(r["I"])
+        self._max_inv_err, self._max_gauss_err = r["max_inv_err"], r["max_gauss_err"]
+        self._fields_written, self._eq_steps = r["fields_written"], r["eq_steps"]
+        self._wall_before = r["wall_time_s"]
+        self._rows = list(self.series.kept)
+        return state["pulses_done"]
 
     # ------------------------------------------------------------------------------------------
     def _log_setup(self):
