@@ -175,6 +175,44 @@ def console_level(args) -> str:
     return "info"
 
 
+def cmd_response_map(args) -> int:
+    from protonfem.solver.case import CaseError
+    from protonfem.solver.response_map import load_response_map_case
+
+    try:
+        case = load_response_map_case(args.case)
+    except CaseError as exc:
+        _say(f"error: {exc}", err=True)
+        return EXIT_BAD_INPUT
+    from mpi4py import MPI
+
+    from protonfem.solver.response_map import run_response_map, tasks_of
+
+    world = MPI.COMM_WORLD.size
+    group = args.group_size or case.response_map.group_size
+    if group < 1 or world % group:
+        _say(f"error: {args.case}: group size must divide the {world} MPI rank(s), got {group}", err=True)
+        return EXIT_BAD_INPUT
+    out = Path(args.output) if args.output else Path("results") / f"{case.name}-response-map"
+    _say(f"{case.name}: {len(tasks_of(case))} probes ({case.response_map.states} states), "
+         f"{world // group} group(s) of {group} rank(s); output {out}")
+    try:
+        meta = run_response_map(args.case, out, group_size=group, progress=not args.quiet)
+    except CaseError as exc:
+        _say(f"error: {exc}", err=True)
+        return EXIT_BAD_INPUT
+    rp = meta["replay"]
+    _say(f"{case.name}: {meta['completed']}/{meta['probes']} probes completed in {meta['wall_time_s']:.1f} s "
+         f"(states {meta['states_wall_time_s']:.1f} s); table {out / 'response_map.csv'}")
+    if rp["checked"]:
+        _say(f"replay of the train from the map: max deviation {rp['max_relative_deviation'] * 100:.3g} % of G "
+             f"({rp['max_deviation_of_swing'] * 100:.3g} % of the swing), bound {rp['bound'] * 100:g} %: "
+             f"{'passed' if rp['passed'] else 'FAILED'}")
+    else:
+        _say(f"replay check skipped: {rp['reason']}")
+    return 0 if meta["completed"] == meta["probes"] else EXIT_FAILED
+
+
 def cmd_sweep(args) -> int:
     from protonfem.solver.case import CaseError
     from protonfem.solver.sweep import SWEEP_LABEL, default_group_size, estimated_dofs, load_sweep
@@ -259,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--list", action="store_true", help="list the variants and their parameters, run nothing")
     sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=cmd_sweep)
+
+    rm = sub.add_parser("response-map", help="single-pulse responses from sampled channel states over "
+                        "(amplitude, width, temperature), as an MPI ensemble (resumable)")
+    rm.add_argument("case", type=Path, metavar="CASE")
+    rm.add_argument("-o", "--output", type=Path, default=None,
+                    help="directory (default results/<case>-response-map): response_map.csv/.json, states/, variants/")
+    rm.add_argument("-k", "--group-size", type=int, default=None, help="MPI ranks per probe (1-D: 1)")
+    rm.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    rm.set_defaults(func=cmd_response_map)
 
     from protonfem.postprocess.cli_view import add_view_parser
     add_view_parser(sub)

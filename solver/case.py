@@ -320,6 +320,19 @@ class Sweep(_Strict):
         return self
 
 
+class ResponseMapSettings(_Strict):
+    """State-sampled response map (``protonfem response-map``): single probe pulses, each started
+    from one of ``states`` channel states that the case's own protocol passes through, over the grid
+    amplitudes x widths x temperatures."""
+
+    states: Annotated[int, Field(ge=2, strict=True)] = Field(6, description="channel states sampled evenly along the case's protocol, its initial state included [-]")
+    amplitudes: list[float] = Field(min_length=1, description="probe pulse plateau voltages [V]")
+    widths: list[Positive] = Field(min_length=1, description="probe pulse widths [s]")
+    temperatures: list[Annotated[float, Field(gt=0, le=2000)]] = Field(default_factory=list, description="probe temperatures [K]; default: conditions.temperature")
+    rest: Positive = Field(1.0, description="rest after each probe before its read-out, gate as protocol.rest_gate [s]")
+    group_size: Annotated[int, Field(ge=1, strict=True)] = Field(1, description="MPI ranks per probe [-]")
+
+
 class Case(_Strict):
     name: str | None = Field(None, description="case name (default: the file name without .toml)")
     description: str = ""
@@ -332,6 +345,7 @@ class Case(_Strict):
     solver: SolverSettings = SolverSettings()
     output: OutputSettings = OutputSettings()
     sweep: Sweep | None = Field(None, description="parameter sweep for `protonfem sweep`; ignored by `protonfem run`")
+    response_map: ResponseMapSettings | None = Field(None, description="state-sampled response map for `protonfem response-map`; ignored by `protonfem run`")
 
     @model_validator(mode="after")
     def _physically_possible(self):

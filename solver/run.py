@@ -167,6 +167,8 @@ class Simulation:
                  progress: bool = True, case: Case | None = None, resume: bool = False):
         self.case_path = Path(case_path)
         self.resume = resume
+        #: called with each Pulse after its read-out (a response map samples the states of a train)
+        self.on_pulse_done = None
         self.case = case if case is not None else load_case(self.case_path)
         self.comm = comm
         self.outdir = Path(output) if output is not None else Path("results") / self.case.name
@@ -200,9 +202,8 @@ class Simulation:
                                       f"this is {__version__}; run the case afresh")
             if comm.size > 1:
                 partitioner = partitioner_from(self._checkpointer.read_partition())
-        dm = create_device_mesh(case, comm, partitioner=partitioner)
-        self.model = m = DeviceModel(case, dm.mesh, dm.cell_tags, dm.facet_tags)
-        self.readout = ConductanceReadout(m)
+        self.model, self.readout = self._build_model(partitioner)
+        m = self.model
         self.waveform = Waveform(case.protocol)
         self.stepper = TimeStepper(m, case.solver, self.waveform.voltage)
         self._log_setup()
@@ -234,6 +235,16 @@ class Simulation:
         self._resumes = resumes
         keep = self._resume_state["series_rows"] if self._resume_state else None
         self.series = SeriesWriter(self.outdir / "series.csv", comm, keep_rows=keep)
+
+    def _build_model(self, partitioner=None) -> tuple[DeviceModel, ConductanceReadout]:
+        """Mesh, model and read-out of the case (a response map reuses them across probes)."""
+        dm = create_device_mesh(self.case, self.comm, partitioner=partitioner)
+        model = DeviceModel(self.case, dm.mesh, dm.cell_tags, dm.facet_tags)
+        return model, ConductanceReadout(model)
+
+    def _initial_gate_voltage(self) -> float:
+        """Gate voltage of the initial state (a response map's probe starts from a stored state)."""
+        return self.case.protocol.rest_voltage
 
     def _write_fields(self, t: float):
         if self.writer is None:
@@ -450,7 +461,8 @@ class Simulation:
                 log.info("equilibrium at the rest voltage %g V: %d steps", self.case.protocol.rest_voltage,
                          self._eq_steps)
                 self.stepper.t = 0.0
-                self.stepper.gate_voltage = self.case.protocol.rest_voltage
+                self.stepper.gate_voltage = self._initial_gate_voltage()
+                self.model.set_gate_voltage(self.stepper.gate_voltage)
                 # At equilibrium nothing limits the step: the first pulse edge then starts like every
                 # later one, at an eighth of its segment (and the error control shrinks it if needed).
                 self.stepper.dt = self.case.solver.dt_max
@@ -555,6 +567,8 @@ class Simulation:
                         if self._wants_fields("rest_end", p.index):
                             self._write_fields(tt)
                 self._write_summary("running")
+                if self.on_pulse_done is not None:
+                    self.on_pulse_done(p)
                 if every and p.index % every == 0 and p.index < len(pulses):
                     self._save_checkpoint(p.index)
                 self._log_pulse(p, len(pulses), before)
@@ -649,7 +663,9 @@ class Simulation:
         them on its own (stepping.py); wrapping the model's solve at this one boundary lets the
         log say why steps were rejected without the stepper knowing about logging."""
         self._newton_failures = collections.Counter()
-        solve = self.model.solve_step
+        # the class's method, not the instance attribute: a model reused by another run (response
+        # map probes) must not collect one wrapper per run
+        solve = DeviceModel.solve_step.__get__(self.model)
 
         def solve_step(dt: float):
             res = solve(dt)
