@@ -458,6 +458,7 @@ class DeviceModel:
         # (protons per step) to be small against the inventory and the last update to be small.
         if it == 0:
             self._last = {"rw": math.inf}
+            self._rw_previous = math.inf
             return 0
         F = snes.getFunction()[0].getArray(readonly=True)
         # The update of w where protons are depleted moves no charge or mass: weigh it out (the
@@ -478,8 +479,14 @@ class DeviceModel:
         if upd <= self.potential_tol and rw <= self.transport_atol:
             return PETSc.SNES.ConvergedReason.CONVERGED_FNORM_ABS
         # Round-off floor: the update is at machine level and the transport residual no longer
-        # falls; more iterations cannot help. Accepted, and the run measures the actual drift.
-        if upd <= 1e-12 * max(1.0, x_scale) and rw <= 1e3 * self.transport_atol:
+        # falls; more iterations cannot help. Long steps lift the floor of the residual's l1 norm
+        # (opposing drift and diffusion fluxes, each far larger than their difference, cancel in
+        # every row), so a residual that has stopped falling is accepted up to 1e5 times the
+        # tolerance. Its l1 norm is not the inventory error (the fluxes cancel in the sum), and
+        # every run measures the actual drift.
+        rw_previous, self._rw_previous = self._rw_previous, rw
+        if upd <= 1e-12 * max(1.0, x_scale) and (
+                rw <= 1e3 * self.transport_atol or (rw <= 1e5 * self.transport_atol and rw >= 0.5 * rw_previous)):
             return PETSc.SNES.ConvergedReason.CONVERGED_SNORM_RELATIVE
         if it >= self._max_it:
             return PETSc.SNES.ConvergedReason.DIVERGED_MAX_IT

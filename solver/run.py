@@ -583,8 +583,6 @@ class Simulation:
         m, st = self.model, self.stepper
         arrays = {"x_n": m.x_n.x.array, "x_nm1": m.x_nm1.x.array, "x_nm2": st._x_nm2,
                   "dof_globals": self._dof_globals()}
-        if st._floating_dxdv is not None:
-            arrays["floating_dxdv"] = st._floating_dxdv
         state = {
             "case_hash": self._hash, "protonfem": __version__, "pulses_done": pulses_done,
             "series_rows": len(self._rows), "resumes": self._resumes,
@@ -616,7 +614,6 @@ class Simulation:
         for f, key in ((m.x, "x_n"), (m.x_n, "x_n"), (m.x_nm1, "x_nm1")):
             f.x.array[:] = arrays[key]
         st._x_nm2[:] = arrays["x_nm2"]
-        st._floating_dxdv = arrays.get("floating_dxdv")
         s = state["stepper"]
         st.t, st.dt, st._steps, st._v_history = s["t"], s["dt"], list(s["steps"]), list(s["v_history"])
         st.gate_voltage, st.floating_charge = s["gate_voltage"], s["floating_charge"]

@@ -63,7 +63,6 @@ class TimeStepper:
         self._v_history: list[float] = []  # gate voltages of the last two accepted steps (floating)
         self._rejects_in_row = 0
         self._floating_slope: float | None = None
-        self._floating_dxdv: np.ndarray | None = None
         # terminal charge of the last accepted state, and of the step being judged
         self._terminal_charge_n: float | None = None
         self._terminal_charge_candidate: float | None = None
@@ -220,9 +219,8 @@ class TimeStepper:
 
         Secant iteration on V around the implicit step (each evaluation is a full Newton solve
         from the same x_n). The first V is extrapolated from the previous steps, the slope dQ/dV
-        is carried over from the last secant pair (first time: the geometric gate capacitance),
-        and so is the state's sensitivity dx/dV, which turns the solution at one V into a guess
-        at the next that Newton only polishes. Tolerance: 1e-4 of C*kT/q, a few ten-thousandths
+        is carried over from the last secant pair (first time: the geometric gate capacitance), so
+        a step usually needs two solves, the second from the first's solution. Tolerance: 1e-4 of C*kT/q, a few ten-thousandths
         of an elementary charge on the reference device; the target is fixed, so mismatches
         do not accumulate from step to step.
         """
@@ -235,7 +233,7 @@ class TimeStepper:
             v0 = hv[-1] + dt / self._steps[-1] * (hv[-1] - hv[-2])
         slope = self._floating_slope or self.gate_capacitance
         x = m.x.x.array
-        q_prev = v_prev = x_prev = None
+        q_prev = v_prev = None
         res = None
         for _ in range(12):
             m.set_gate_voltage(v0)
@@ -247,12 +245,11 @@ class TimeStepper:
             if q_prev is not None and v0 != v_prev and q != q_prev:
                 slope = (q - q_prev) / (v0 - v_prev)
                 self._floating_slope = slope
-                self._floating_dxdv = (x - x_prev) / (v0 - v_prev)
             if abs(q - target) <= tol:
                 return res, v0
-            q_prev, v_prev, x_prev = q, v0, x.copy()
+            q_prev, v_prev = q, v0
+            guess = x.copy()
             v0 = v0 + (target - q) / slope
-            guess = x_prev if self._floating_dxdv is None else x_prev + (v0 - v_prev) * self._floating_dxdv
         from .model import StepResult
         return StepResult(False, res.iterations if res else 0, "floating-gate charge not matched"), v0
 
