@@ -207,3 +207,41 @@ def test_stepper_escalates_after_repeated_failures(shared_tmp, monkeypatch):
     assert summary["status"] == "completed", summary["message"]
     assert summary["steps"]["rejected"] >= 7
     assert calls["line_searches"] == ["bt", "basic"]
+
+
+def test_iterative_solver_failure_falls_back_to_mumps(shared_tmp):
+    """A Krylov solve that cannot converge (the case's petsc_options override the iterative
+    defaults: one iteration) is reported as a failed linear solve and the step retried with MUMPS,
+    so the run completes with the direct run's results."""
+    runs = {}
+    for kind, options in (("direct", {}), ("iterative", {"ksp_max_it": 1})):
+        case = short_case(shared_tmp / f"ls_{kind}.toml", dim=1, pulses_up=1, pulses_down=0, rest=1e-6,
+                          output__fields=[], solver__linear_solver=kind, solver__petsc_options=options)
+        runs[kind] = Simulation(case, shared_tmp / f"ls_{kind}", progress=False).run()
+        assert runs[kind]["status"] == "completed", runs[kind]["message"]
+    assert runs["direct"]["linear_solver"] == {"kind": "direct", "direct_fallbacks": 0}
+    assert runs["iterative"]["linear_solver"]["direct_fallbacks"] > 0
+    assert runs["iterative"]["steps"] == runs["direct"]["steps"]
+    for a, b in zip(runs["iterative"]["per_pulse"], runs["direct"]["per_pulse"], strict=True):
+        assert a["conductance_S"] == pytest.approx(b["conductance_S"], rel=1e-10)
+
+
+def test_linear_solver_failure_is_reported(shared_tmp):
+    """With both the Krylov solve and its MUMPS retry failing, the step fails with the KSP's
+    reason in its message (the stepper then rejects it)."""
+    from protonfem.solver.case import load_case
+    from protonfem.solver.mesh import create_device_mesh
+    from protonfem.solver.model import DeviceModel
+
+    case = load_case(short_case(shared_tmp / "ls_fail.toml", dim=1, solver__linear_solver="iterative",
+                                solver__petsc_options={"ksp_max_it": 1}))
+    dm = create_device_mesh(case, COMM)
+    model = DeviceModel(case, dm.mesh, dm.cell_tags, dm.facet_tags)
+    model.set_rest_state()
+    model.set_transport_scale(model.inventory_scaled())
+    model.set_gate_voltage(10.0)
+    model._use_direct = lambda: None  # the retry keeps the failing Krylov configuration
+    result = model.solve_step(1e-11)
+    assert not result.converged
+    assert "DIVERGED_LINEAR_SOLVE" in result.reason and "KSP DIVERGED_MAX_IT after 1 iterations" in result.reason
+    assert model.direct_fallbacks == 1
