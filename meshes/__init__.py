@@ -14,12 +14,14 @@ __all__ = [
     "MeshInfo",
     "build_stack_1d",
     "build_cross_section_2d",
+    "build_device_3d",
     "write_mesh",
 ]
 
 
 def __getattr__(name):  # lazy: importing gmsh needs GL/X libraries on some systems
-    if name in ("MeshInfo", "build_stack_1d", "build_cross_section_2d", "write_mesh", "device"):
+    if name in ("MeshInfo", "build_stack_1d", "build_cross_section_2d", "build_device_3d", "write_mesh",
+                "device"):
         import importlib
 
         device = importlib.import_module(".device", __name__)

@@ -1,4 +1,5 @@
-"""gmsh builders of the device meshes: a 1-D vertical stack and a 2-D structured cross-section.
+"""gmsh builders of the device meshes: a 1-D vertical stack, a 2-D structured cross-section and a
+3-D structured device (the cross-section extruded across the channel width).
 
 Both builders fill the *current* gmsh model (the caller owns ``gmsh.initialize()`` /
 ``gmsh.finalize()``; in parallel only the model rank builds, then
@@ -11,9 +12,10 @@ control of the grading (first element h_min at every interface and electrode, ge
 cap), exactly conforming layers, and the same node distribution in 1-D and 2-D. The model is
 already meshed on return: do **not** call ``gmsh.model.mesh.generate`` on it.
 
-Coordinates are in metres. The vertical coordinate (``x`` of a 1-D mesh, ``y`` of a 2-D mesh) runs
-from 0 at the bottom of the stack upward; in 2-D the lateral coordinate ``x`` runs over
-``[0, length]`` (source at x = 0, drain at x = length).
+Coordinates are in metres. The vertical coordinate (``x`` of a 1-D mesh, ``y`` of a 2-D mesh, ``z``
+of a 3-D mesh) runs from 0 at the bottom of the stack upward; in 2-D and 3-D the lateral coordinate
+``x`` runs over ``[0, length]`` (source at x = 0, drain at x = length), and in 3-D ``y`` runs over
+the channel width ``[0, width]``.
 """
 from __future__ import annotations
 
@@ -27,9 +29,9 @@ import numpy as np
 from . import tags
 from .grading import _check_layers, graded_points, stack_breaks, stack_points
 
-__all__ = ["MeshInfo", "build_stack_1d", "build_cross_section_2d", "write_mesh"]
+__all__ = ["MeshInfo", "build_stack_1d", "build_cross_section_2d", "build_device_3d", "write_mesh"]
 
-_POINT, _LINE, _QUAD = 15, 1, 3  # gmsh element types
+_POINT, _LINE, _QUAD, _HEX = 15, 1, 3, 5  # gmsh element types
 
 
 @dataclass
@@ -40,7 +42,8 @@ class MeshInfo:
     layers: list[tuple[str, float]]
     breaks: np.ndarray  # layer boundaries along the vertical coordinate [m]
     z: np.ndarray  # vertical node coordinates [m]
-    x: np.ndarray | None = None  # lateral node coordinates [m] (2-D only)
+    x: np.ndarray | None = None  # lateral node coordinates [m] (2-D and 3-D)
+    y: np.ndarray | None = None  # node coordinates across the width [m] (3-D only)
     num_nodes: int = 0
     num_cells: int = 0
     cell_tags: dict[str, int] = field(default_factory=dict)  # region name -> tag present
@@ -247,6 +250,134 @@ def build_cross_section_2d(
         x=x,
         num_nodes=(nx + 1) * (ny + 1),
         num_cells=nx * ny,
+        cell_tags=present_cells,
+        facet_tags=present_facets,
+    )
+
+
+def build_device_3d(
+    layers: Sequence[tuple[str, float]],
+    length: float,
+    width: float,
+    *,
+    h_min: float,
+    h_max: float,
+    growth: float,
+    h_lateral_min: float,
+    h_lateral_max: float,
+    h_width: float,
+    lateral_growth: float | None = None,
+) -> MeshInfo:
+    """3-D device: structured hexahedra on [0, length] x [0, width] x [0, sum t].
+
+    The 2-D cross-section of :func:`build_cross_section_2d` (identical vertical and lateral nodes:
+    graded to h_min at every interface and electrode, toward source and drain laterally) repeated
+    at uniform steps of at most ``h_width`` across the width. A structured extrusion keeps the
+    0.02 nm vertical grading, which an unstructured tetrahedral mesher cannot reach at a sane
+    element count. All layers span the full footprint and share nodes (conforming). Volume groups
+    per layer; surface groups: bottom (z = 0), gate (top), interfaces, source/drain (channel's x = 0
+    / x = length faces), sides (those faces of electrolyte and reservoir) and flanks (the y = 0 and
+    y = width faces of every layer). Populates the current gmsh model.
+
+    Only volumes are gmsh entities holding nodes (each node once, in the lowest layer touching it);
+    the tagged surfaces are discrete entities holding only their quadrilateral elements.
+    ``dolfinx.io.gmsh.model_to_mesh`` reads nodes globally and elements per physical group, so
+    nothing else is needed.
+    """
+    layers = _check_layers(layers)
+    _require_empty_model()
+    if not length > 0 or not width > 0:
+        raise ValueError(f"length and width must be positive, got {length}, {width}")
+    if not h_width > 0:
+        raise ValueError(f"h_width must be positive, got {h_width}")
+    z, bidx = stack_points(layers, h_min, h_max, growth)
+    breaks = z[bidx]
+    x = graded_points(
+        0.0, length, h_lateral_min, h_lateral_max, growth if lateral_growth is None else lateral_growth
+    )
+    ny = max(1, int(np.ceil(width / h_width - 1e-9)))
+    y = np.linspace(0.0, width, ny + 1)
+    n = len(layers)
+    nx, nz = len(x) - 1, len(z) - 1
+
+    def nid(k, i, j):  # node tag of grid node (k along z, i along y, j along x), 1-based
+        return (k * (ny + 1) + i) * (nx + 1) + j + 1
+
+    elem = [1]
+
+    def add_elems(tag, etype, conn):
+        conn = np.asarray(conn)
+        ne = len(conn)
+        gmsh.model.mesh.addElementsByType(
+            tag, etype, list(range(elem[0], elem[0] + ne)), conn.ravel().tolist()
+        )
+        elem[0] += ne
+
+    # volumes: layer l -> l + 1, owning the node planes bidx[l] .. bidx[l+1]-1 (the top layer also
+    # top plane); every node exists before any element refers to it
+    for l in range(n):
+        gmsh.model.addDiscreteEntity(3, l + 1)
+        k_last = int(bidx[l + 1]) if l == n - 1 else int(bidx[l + 1]) - 1
+        K, I, J = np.meshgrid(np.arange(int(bidx[l]), k_last + 1), np.arange(ny + 1), np.arange(nx + 1),
+                              indexing="ij")
+        K, I, J = K.ravel(), I.ravel(), J.ravel()
+        xyz = np.column_stack([x[J], y[I], z[K]])
+        gmsh.model.mesh.addNodes(3, l + 1, nid(K, I, J).tolist(), xyz.ravel().tolist())
+    cell_groups: dict[str, list[int]] = {name: [] for name in tags.CELL_TAGS}
+    for l, (name, _) in enumerate(layers):
+        K, I, J = np.meshgrid(np.arange(int(bidx[l]), int(bidx[l + 1])), np.arange(ny), np.arange(nx),
+                              indexing="ij")
+        K, I, J = K.ravel(), I.ravel(), J.ravel()
+        # gmsh hexahedron: bottom face counter-clockwise, then the top face above it
+        hexes = np.column_stack([nid(K, I, J), nid(K, I, J + 1), nid(K, I + 1, J + 1), nid(K, I + 1, J),
+                                 nid(K + 1, I, J), nid(K + 1, I, J + 1), nid(K + 1, I + 1, J + 1),
+                                 nid(K + 1, I + 1, J)])
+        add_elems(l + 1, _HEX, hexes)
+        cell_groups[name].append(l + 1)
+
+    surface = [0]
+
+    def add_surface(quads) -> int:
+        surface[0] += 1
+        gmsh.model.addDiscreteEntity(2, surface[0])
+        add_elems(surface[0], _QUAD, quads)
+        return surface[0]
+
+    # horizontal surfaces, one per break
+    I, J = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    I, J = I.ravel(), J.ravel()
+    horizontal = []
+    for b in range(n + 1):
+        k = int(bidx[b])
+        horizontal.append(add_surface(np.column_stack([nid(k, I, J), nid(k, I, J + 1), nid(k, I + 1, J + 1),
+                                                       nid(k, I + 1, J)])))
+    facet_groups = _facet_groups_for_breaks(layers, horizontal)
+    # vertical surfaces per layer: x = 0 and x = length (source/drain or sides), y = 0 and y = width
+    for l, (name, _) in enumerate(layers):
+        ks = np.arange(int(bidx[l]), int(bidx[l + 1]))
+        K, I = np.meshgrid(ks, np.arange(ny), indexing="ij")
+        K, I = K.ravel(), I.ravel()
+        lateral = ("source", "drain") if name == "channel" else ("sides", "sides")
+        for side, j in zip(lateral, (0, nx)):
+            facet_groups[side].append(add_surface(
+                np.column_stack([nid(K, I, j), nid(K, I + 1, j), nid(K + 1, I + 1, j), nid(K + 1, I, j)])))
+        K, J = np.meshgrid(ks, np.arange(nx), indexing="ij")
+        K, J = K.ravel(), J.ravel()
+        for i in (0, ny):
+            facet_groups["flanks"].append(add_surface(
+                np.column_stack([nid(K, i, J), nid(K, i, J + 1), nid(K + 1, i, J + 1), nid(K + 1, i, J)])))
+
+    present_cells = _add_groups(3, cell_groups, tags.CELL_TAGS)
+    present_facets = _add_groups(2, facet_groups, tags.FACET_TAGS)
+    return MeshInfo(
+        dim=3,
+        layers=layers,
+        breaks=breaks,
+        z=z,
+        x=x,
+        y=y,
+        num_nodes=(nx + 1) * (ny + 1) * (nz + 1),
+        num_cells=nx * ny * nz,
         cell_tags=present_cells,
         facet_tags=present_facets,
     )

@@ -1,7 +1,7 @@
 """Physical tags of the device meshes, defined once.
 
-Cells (gmsh physical surfaces in 2-D, curves in 1-D) carry a region tag, facets (curves in 2-D,
-points in 1-D) a boundary or interface tag. The same integers are used by ``meshes/`` (gmsh physical
+Cells (gmsh physical volumes in 3-D, surfaces in 2-D, curves in 1-D) carry a region tag, facets
+(surfaces in 3-D, curves in 2-D, points in 1-D) a boundary or interface tag. The same integers are used by ``meshes/`` (gmsh physical
 groups), by the solver (``dx(tag)``, ``ds(tag)``, ``dS(tag)``) and by post-processing.
 """
 from __future__ import annotations
@@ -14,9 +14,10 @@ CHANNEL = 3
 # --- facets ------------------------------------------------------------------------------------
 GATE = 11  # top of the reservoir (top of the stack)
 BOTTOM = 12  # bottom of the channel (bottom of the stack, z = 0)
-SOURCE = 13  # channel's x = 0 edge (2-D only)
-DRAIN = 14  # channel's x = L edge (2-D only)
-SIDES = 15  # lateral x = 0 / x = L edges of electrolyte and reservoir (2-D only)
+SOURCE = 13  # channel's x = 0 edge (2-D) or face (3-D)
+DRAIN = 14  # channel's x = L edge (2-D) or face (3-D)
+SIDES = 15  # lateral x = 0 / x = L edges (2-D) or faces (3-D) of electrolyte and reservoir
+FLANKS = 16  # y = 0 / y = W faces of every layer, across the channel width (3-D only)
 RESERVOIR_ELECTROLYTE = 21  # interior interface
 ELECTROLYTE_CHANNEL = 22  # interior interface
 
@@ -27,6 +28,7 @@ FACET_TAGS: dict[str, int] = {
     "source": SOURCE,
     "drain": DRAIN,
     "sides": SIDES,
+    "flanks": FLANKS,
     "reservoir_electrolyte": RESERVOIR_ELECTROLYTE,
     "electrolyte_channel": ELECTROLYTE_CHANNEL,
 }

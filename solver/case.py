@@ -34,7 +34,7 @@ LayerName = Literal["channel", "electrolyte", "reservoir"]
 
 
 class Geometry(_Strict):
-    dimension: Literal[1, 2, 3] = Field(1, description="spatial dimension of the model: 1 (vertical stack), 2 (cross-section), 3 (device)")
+    dimension: Literal[1, 2, 3] = Field(1, description="spatial dimension of the model: 1 (vertical stack), 2 (cross-section), 3 (device: the cross-section across the channel width)")
     channel_thickness: Positive = Field(description="WO3 channel thickness [m]")
     electrolyte_thickness: Positive = Field(description="PSG electrolyte thickness [m]")
     reservoir_thickness: Positive = Field(description="Pd/H reservoir (gate) thickness [m]")
@@ -60,6 +60,7 @@ class MeshSettings(_Strict):
     growth: Annotated[float, Field(gt=1.0, le=2.0)] = Field(1.25, description="geometric growth ratio of neighbouring elements [-]")
     lateral_h_min: Positive = Field(2e-9, description="lateral element size at the source and drain (2-D) [m]")
     lateral_h_max: Positive = Field(1e-8, description="largest lateral element size (2-D) [m]")
+    width_h: Positive = Field(1e-8, description="element size across the channel width, uniform (3-D) [m]")
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -277,7 +278,8 @@ class SolverSettings(_Strict):
     newton_max_it: Annotated[int, Field(ge=1, le=200, strict=True)] = Field(30, description="Newton iterations before a step is rejected [-]")
     transport_tolerance: Annotated[float, Field(gt=0, le=1e-3)] = Field(1e-13, description="l1 transport residual per step, relative to the proton inventory [-]")
     potential_tolerance: Annotated[float, Field(gt=0, le=1.0)] = Field(1e-6, description="sup-norm of the last Newton update of the scaled unknowns (kT/q) [-]; Newton converges quadratically, so the iterate it accepts is far closer")
-    petsc_options: dict[str, str | int | float | bool] = Field(default_factory=dict, description="PETSc options passed through to the SNES/KSP (without prefix)")
+    linear_solver: Literal["direct", "iterative"] = Field("direct", description="Newton's linear solver: 'direct' (MUMPS LU; robust, best up to ~1e5 dofs in 3-D) or 'iterative' (FGMRES with a field-split preconditioner, algebraic multigrid on the potential; for large 3-D meshes)")
+    petsc_options: dict[str, str | int | float | bool] = Field(default_factory=dict, description="PETSc options passed through to the SNES/KSP (without prefix); they override the linear_solver defaults")
 
     @model_validator(mode="after")
     def _ordered(self):

@@ -13,7 +13,7 @@ from dolfinx.io import gmsh as dgmsh
 from mpi4py import MPI
 
 from protonfem.meshes import tags
-from .case import Case, CaseError
+from .case import Case
 from .scaling import L0
 
 
@@ -25,7 +25,7 @@ class DeviceMesh:
 
 
 def _build_gmsh_model(case: Case) -> None:
-    from protonfem.meshes import build_cross_section_2d, build_stack_1d
+    from protonfem.meshes import build_cross_section_2d, build_device_3d, build_stack_1d
 
     g, m = case.geometry, case.mesh
     if g.dimension == 1:
@@ -34,15 +34,15 @@ def _build_gmsh_model(case: Case) -> None:
         build_cross_section_2d(g.layers(), g.channel_length, h_min=m.h_min, h_max=m.h_max, growth=m.growth,
                                h_lateral_min=m.lateral_h_min, h_lateral_max=m.lateral_h_max)
     else:
-        raise CaseError("geometry.dimension: 3-D device meshes are not available yet; use 1 or 2")
+        build_device_3d(g.layers(), g.channel_length, g.channel_width, h_min=m.h_min, h_max=m.h_max,
+                        growth=m.growth, h_lateral_min=m.lateral_h_min, h_lateral_max=m.lateral_h_max,
+                        h_width=m.width_h)
 
 
 def create_device_mesh(case: Case, comm: MPI.Comm = MPI.COMM_WORLD, write_msh: Path | None = None,
                        partitioner=None) -> DeviceMesh:
     """Build the case's mesh on rank 0 and distribute it over ``comm`` (with DOLFINx's default
     partitioner, or ``partitioner``: a resumed run reuses its checkpoint's partition)."""
-    if case.geometry.dimension == 3:
-        raise CaseError("geometry.dimension: 3-D device meshes are not available yet; use 1 or 2")
     initialized_here = not gmsh.isInitialized()
     if initialized_here:
         gmsh.initialize(interruptible=False)

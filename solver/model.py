@@ -71,6 +71,41 @@ DEFAULT_PETSC_OPTIONS = {
     "snes_stol": 0.0,
 }
 
+#: ``solver.linear_solver = "iterative"``: flexible GMRES preconditioned by a Schur-complement field
+#: split. The transport fields (w) come first and are eliminated: their block is a lumped mass
+#: c'(w) plus dt times a (drift-)diffusion operator, close to its diagonal over the short steps of
+#: a pulse, so block Jacobi with ILU(0) on each rank's part is enough (measured: ~8 Krylov
+#: iterations per Newton step with an exact potential solve; GAMG on this block needed ~100). What
+#: is left is the potential's Schur complement, approximated by
+#: A_uu - A_uw diag(A_ww)^-1 A_wu ("selfp": Poisson with the channel electrons' screening but not
+#: the protons', which cannot follow within a step) and solved by smoothed-aggregation multigrid
+#: (GAMG; this PETSc has no hypre). A plain block Gauss-Seidel split needs ~200 Krylov iterations
+#: per Newton step here: the space-charge coupling Gamma c' between u and w (Gamma ~ 700 in the
+#: scaled units) is as large as the Laplacian on the 0.02 nm interface elements. The split needs
+#: the dof indices of each sub-space, so it is built in :meth:`DeviceModel._setup_fieldsplit`.
+#: FGMRES because multigrid with Chebyshev smoothers is a slightly nonlinear preconditioner. The
+#: relative tolerance sits below Newton's own stopping test, so an inexact solve costs Newton
+#: iterations, never accuracy; ``snes_max_linear_solve_fail`` = 1 turns a KSP that does not
+#: converge into a failed Newton step, which the stepper rejects like a MUMPS failure.
+ITERATIVE_PETSC_OPTIONS = {
+    "ksp_type": "fgmres",
+    "ksp_gmres_restart": 100,
+    "ksp_rtol": 1e-10,
+    "ksp_atol": 1e-30,
+    "ksp_max_it": 400,
+    "pc_type": "fieldsplit",
+    "pc_fieldsplit_type": "schur",
+    "pc_fieldsplit_schur_fact_type": "full",
+    "pc_fieldsplit_schur_precondition": "selfp",
+    "fieldsplit_w_ksp_type": "preonly",
+    "fieldsplit_w_pc_type": "bjacobi",
+    "fieldsplit_w_sub_pc_type": "ilu",
+    "fieldsplit_u_ksp_type": "preonly",
+    "fieldsplit_u_pc_type": "gamg",
+    "fieldsplit_u_pc_gamg_threshold": 0.05,
+    "snes_max_linear_solve_fail": 1,
+}
+
 
 @dataclass
 class StepResult:
@@ -85,6 +120,9 @@ class NewtonFailure(Exception):
 
 class DeviceModel:
     """Function spaces, coefficients, forms and derived quantities of one device case."""
+
+    #: models built with the iterative linear solver in this process (each gets its own prefix)
+    _iterative_count = 0
 
     def __init__(self, case: Case, mesh, cell_tags, facet_tags):
         self.case = case
@@ -308,18 +346,35 @@ class DeviceModel:
         # ---- nonlinear solver ------------------------------------------------------------------
         options = dict(DEFAULT_PETSC_OPTIONS)
         options["snes_max_it"] = case.solver.newton_max_it
-        if mesh.comm.size == 1 and self.dim == 1:
+        iterative = case.solver.linear_solver == "iterative"
+        if iterative:
+            options.update(ITERATIVE_PETSC_OPTIONS)
+            options.pop("pc_factor_mat_solver_type")
+        elif mesh.comm.size == 1 and self.dim == 1:
             # A 1-D stack is a banded system of a few hundred unknowns: PETSc's own LU with a
             # bandwidth-reducing ordering factors it several times faster than MUMPS, whose fixed
             # per-call overhead dominates at this size (the 1-D benchmark: 0.50 s -> 0.39 s).
             options["pc_factor_mat_solver_type"] = "petsc"
             options["pc_factor_mat_ordering_type"] = "rcm"
         options.update({k: v for k, v in case.solver.petsc_options.items()})
-        self.problem = fem_petsc.NonlinearProblem(self.F, self.x, bcs=self.bcs, petsc_options_prefix="protonfem_",
-                                                  petsc_options=options)
+        if not iterative:
+            self.problem = fem_petsc.NonlinearProblem(self.F, self.x, bcs=self.bcs, petsc_options_prefix="protonfem_",
+                                                      petsc_options=options)
+        else:
+            # The field split's sub-solvers read their options when the preconditioner is first set
+            # up (inside the first solve), after NonlinearProblem has deleted the options it was
+            # given: they stay in PETSc's database, under a prefix of this model's own so that
+            # two models in one process never read each other's settings.
+            DeviceModel._iterative_count += 1
+            prefix = f"protonfem_it{DeviceModel._iterative_count}_"
+            self.problem = fem_petsc.NonlinearProblem(self.F, self.x, bcs=self.bcs, petsc_options_prefix=prefix)
+            self._petsc_prefix = prefix
+            self._petsc_options = options
         self.snes = self.problem.solver
         self._max_it = self.snes.getTolerances()[3]  # after the options: snes_max_it may be overridden
         self._setup_blocks()
+        if iterative:
+            self._setup_fieldsplit()
         self.snes.setConvergenceTest(self._convergence_test)
         self.snes.setLineSearchPreCheck(self._limit_update)
 
@@ -369,6 +424,43 @@ class DeviceModel:
         self.potential_tol = self.case.solver.potential_tolerance
         self._last = {}
         self._reservoir_reference = 0.0  # set_reservoir_reference() at the start of the protocol
+
+    def _setup_fieldsplit(self):
+        """Field split of the iterative linear solver: "u" (the potential) and "w" (every
+        transport field: the proton fields and a channel site fraction), as global PETSc indices
+        of the owned dofs of each sub-space."""
+        imap = self.W.dofmap.index_map
+        offset = imap.local_range[0] * self.W.dofmap.index_map_bs
+        n = self._n_owned
+
+        def index_set(subs):
+            local = np.sort(np.concatenate([_collapsed_map(self.W.sub(i)) for i in subs]))
+            owned = local[local < n] + offset
+            return PETSc.IS().createGeneral(owned.astype(PETSc.IntType), comm=self.comm)
+
+        self._split_sets = (index_set([0]), index_set(range(1, self.n_fields)))
+        opts = PETSc.Options()
+        for key, value in self._petsc_options.items():
+            opts[self._petsc_prefix + key] = value
+        self.direct_fallbacks = 0
+        self._use_iterative()
+
+    def _use_iterative(self):
+        pc = self.snes.getKSP().getPC()
+        pc.setType("fieldsplit")
+        pc.setFieldSplitIS(("w", self._split_sets[1]), ("u", self._split_sets[0]))
+        self.snes.setFromOptions()  # the rest of the configuration, from this model's options
+
+    def _use_direct(self):
+        ksp = self.snes.getKSP()
+        ksp.setType("preonly")
+        ksp.getPC().setType("lu")
+        ksp.getPC().setFactorSolverType("mumps")
+
+    def linear_solver_report(self) -> str:
+        """The KSP's last convergence reason and iteration count (why a Newton step failed)."""
+        ksp = self.snes.getKSP()
+        return f"KSP {_ksp_reason_name(ksp.getConvergedReason())} after {ksp.getIterationNumber()} iterations"
 
     def _setup_error_weights(self):
         """Per-dof data for :meth:`error_weights`: for every w dof, the u dof at the same vertex and
@@ -519,7 +611,30 @@ class DeviceModel:
             c.value = v
 
     def solve_step(self, dt: float) -> StepResult:
-        """One implicit step from x_n with the current gate; x holds the initial guess on entry."""
+        """One implicit step from x_n with the current gate; x holds the initial guess on entry.
+
+        With the iterative linear solver, a step whose Krylov solve fails is retried once with
+        MUMPS from the same initial guess (counted in ``direct_fallbacks``); the field-split
+        preconditioner does not converge on the long steps of rests and of the initial
+        continuation (README, "Domain decomposition and 3-D"). Only if that fails too does the
+        step fail, and the stepper rejects it as any other."""
+        if self.case.solver.linear_solver == "iterative":
+            guess = self.x.x.array.copy()
+            result = self._solve_step(dt)
+            if result.converged or not result.reason.startswith(_reason_name(PETSc.SNES.ConvergedReason.DIVERGED_LINEAR_SOLVE)):
+                return result
+            self.x.x.array[:] = guess
+            self.direct_fallbacks += 1
+            self._use_direct()
+            try:
+                fallback = self._solve_step(dt)
+            finally:
+                self._use_iterative()
+            return StepResult(fallback.converged, result.iterations + fallback.iterations,
+                              f"{fallback.reason} (direct, after {result.reason})")
+        return self._solve_step(dt)
+
+    def _solve_step(self, dt: float) -> StepResult:
         self.dt.value = dt
         guess = self.x.x.array.copy()
         try:
@@ -543,6 +658,8 @@ class DeviceModel:
         its = self.snes.getIterationNumber()
         if reason > 0:
             return StepResult(True, its, _reason_name(reason))
+        if reason == PETSc.SNES.ConvergedReason.DIVERGED_LINEAR_SOLVE:
+            return StepResult(False, its, f"{_reason_name(reason)} ({self.linear_solver_report()})")
         return StepResult(False, its, _reason_name(reason))
 
     # ------------------------------------------------------------------------------------------
@@ -619,3 +736,10 @@ for _name in dir(PETSc.SNES.ConvergedReason):  # the first of aliased names, as 
 
 def _reason_name(reason: int) -> str:
     return _REASON_NAMES.get(reason, str(reason))
+
+
+def _ksp_reason_name(reason: int) -> str:
+    for name in dir(PETSc.KSP.ConvergedReason):
+        if not name.startswith("_") and getattr(PETSc.KSP.ConvergedReason, name) == reason:
+            return name
+    return str(reason)

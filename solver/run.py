@@ -378,6 +378,8 @@ class Simulation:
             "steps": {"accepted": self.stepper.stats.accepted, "rejected": self.stepper.stats.rejected,
                       "newton_iterations": self.stepper.stats.newton_iterations,
                       "equilibration": getattr(self, "_eq_steps", 0)} if hasattr(self, "stepper") else {},
+            "linear_solver": {"kind": self.case.solver.linear_solver,
+                              "direct_fallbacks": getattr(m, "direct_fallbacks", 0) if m else 0},
             "conservation": {"max_inventory_error": self._max_inv_err, "max_gauss_error": self._max_gauss_err,
                              "inventory_limit": INVENTORY_LIMIT},
             "conductance_S": {"initial": g[0] if g else None, "final": g[-1] if g else None,

@@ -158,10 +158,44 @@ def test_cross_section_2d(gmsh_session):
         assert xy[:, 0].max() - xy[:, 0].min() == pytest.approx(L_2D, rel=1e-14)
 
 
+REF_3D = dict(REF, h_lateral_min=5.0 * NM, h_lateral_max=25.0 * NM, h_width=12.5 * NM)
+W_3D = 50 * NM
+
+
+@pytest.mark.serial
+def test_device_3d(gmsh_session):
+    """The 3-D device is the 2-D cross-section (same nodes) repeated across the width."""
+    from protonfem.meshes import build_cross_section_2d, build_device_3d
+
+    info = build_device_3d(REF_LAYERS, L_2D, W_3D, **REF_3D)
+    assert set(_groups(3)) == {1, 2, 3}
+    assert set(_groups(2)) == {11, 12, 13, 14, 15, 16, 21, 22}
+    nx, ny, nz = len(info.x) - 1, len(info.y) - 1, len(info.z) - 1
+    assert ny == 4 and np.allclose(np.diff(info.y), 12.5 * NM)
+    assert info.num_nodes == (nx + 1) * (ny + 1) * (nz + 1) == len(gmsh.model.mesh.getNodes()[0])
+    types, etags, _ = gmsh.model.mesh.getElements(3)
+    assert list(types) == [5] and len(etags[0]) == info.num_cells == nx * ny * nz
+    gmsh.model.add("two")
+    info2 = build_cross_section_2d(REF_LAYERS, L_2D, **{k: v for k, v in REF_3D.items() if k != "h_width"})
+    np.testing.assert_array_equal(info.z, info2.z)
+    np.testing.assert_array_equal(info.x, info2.x)
+    gmsh.model.setCurrent("test")
+    top = 50 * NM
+    assert np.allclose(_group_nodes(2, tags.GATE)[:, 2], top, rtol=1e-14)
+    assert np.allclose(_group_nodes(2, tags.BOTTOM)[:, 2], 0.0)
+    assert np.allclose(_group_nodes(2, tags.ELECTROLYTE_CHANNEL)[:, 2], 20 * NM, rtol=1e-14)
+    src, drn = _group_nodes(2, tags.SOURCE), _group_nodes(2, tags.DRAIN)
+    assert np.allclose(src[:, 0], 0.0) and np.allclose(drn[:, 0], L_2D, rtol=1e-14)
+    assert src[:, 2].max() == pytest.approx(20 * NM, rel=1e-14) and src[:, 1].max() == pytest.approx(W_3D)
+    flanks = _group_nodes(2, tags.FLANKS)
+    assert set(np.round(flanks[:, 1] / NM, 9)) == {0.0, 50.0}
+    assert flanks[:, 2].max() == pytest.approx(top)
+
+
 @pytest.mark.serial
 def test_reference_counts(gmsh_session, capsys):
     """Node/cell counts of the reference meshes (reported; bounds keep them reasonable)."""
-    from protonfem.meshes import build_cross_section_2d, build_stack_1d
+    from protonfem.meshes import build_cross_section_2d, build_device_3d, build_stack_1d
 
     info1 = build_stack_1d(REF_LAYERS, **REF)
     gmsh.model.add("two")
@@ -204,7 +238,7 @@ def test_builders_refuse_nonempty_model(gmsh_session):
 
 
 # ----------------------------------------------------------------------------- DOLFINx conversion
-@pytest.mark.parametrize("dim", [1, 2])
+@pytest.mark.parametrize("dim", [1, 2, 3])
 def test_model_to_mesh(dim):
     """Build on rank 0, distribute with model_to_mesh, check global counts and tagged measures."""
     dolfinx_solver = pytest.importorskip("dolfinx_solver")  # noqa: F841  (before dolfinx)
@@ -213,7 +247,7 @@ def test_model_to_mesh(dim):
     import ufl
     from mpi4py import MPI
 
-    from protonfem.meshes import build_cross_section_2d, build_stack_1d
+    from protonfem.meshes import build_cross_section_2d, build_device_3d, build_stack_1d
 
     comm = MPI.COMM_WORLD
     gmsh.initialize()
@@ -224,8 +258,10 @@ def test_model_to_mesh(dim):
             gmsh.model.add("dev")
             if dim == 1:
                 info = build_stack_1d(REF_LAYERS, **REF)
-            else:
+            elif dim == 2:
                 info = build_cross_section_2d(REF_LAYERS, L_2D, **REF_2D)
+            else:
+                info = build_device_3d(REF_LAYERS, L_2D, W_3D, **REF_3D)
         info = comm.bcast(info, root=0)
         md = dolfinx.io.gmsh.model_to_mesh(gmsh.model, comm, 0, gdim=dim)
     finally:
@@ -244,7 +280,8 @@ def test_model_to_mesh(dim):
     dx = ufl.Measure("dx", msh, subdomain_data=ct)
     ds = ufl.Measure("ds", msh, subdomain_data=ft)
     dS = ufl.Measure("dS", msh, subdomain_data=ft)
-    width = 1.0 if dim == 1 else L_2D
+    width = {1: 1.0, 2: L_2D, 3: L_2D * W_3D}[dim]  # the footprint: length in 2-D, area in 3-D
+    depth = 1.0 if dim < 3 else W_3D
     for name, t in REF_LAYERS:
         assert total(one * dx(tags.CELL_TAGS[name])) == pytest.approx(t * width, rel=1e-12)
     assert total(one * dx) == pytest.approx(50 * NM * width, rel=1e-12)
@@ -252,13 +289,15 @@ def test_model_to_mesh(dim):
     assert total(one * ds(tags.BOTTOM)) == pytest.approx(width, rel=1e-12)
     for t in (tags.RESERVOIR_ELECTROLYTE, tags.ELECTROLYTE_CHANNEL):
         assert total(one("+") * dS(t)) == pytest.approx(width, rel=1e-12)
-    if dim == 2:
-        assert total(one * ds(tags.SOURCE)) == pytest.approx(20 * NM, rel=1e-12)
-        assert total(one * ds(tags.DRAIN)) == pytest.approx(20 * NM, rel=1e-12)
-        assert total(one * ds(tags.SIDES)) == pytest.approx(2 * 30 * NM, rel=1e-12)
+    if dim >= 2:
+        assert total(one * ds(tags.SOURCE)) == pytest.approx(20 * NM * depth, rel=1e-12)
+        assert total(one * ds(tags.DRAIN)) == pytest.approx(20 * NM * depth, rel=1e-12)
+        assert total(one * ds(tags.SIDES)) == pytest.approx(2 * 30 * NM * depth, rel=1e-12)
+    if dim == 3:
+        assert total(one * ds(tags.FLANKS)) == pytest.approx(2 * 50 * NM * L_2D, rel=1e-12)
     # every tagged facet value is a known tag; the physical-group table is on every rank
     local = set(np.unique(ft.values).tolist())
     all_tags = set().union(*comm.allgather(local))
-    expected = {11, 12, 21, 22} | ({13, 14, 15} if dim == 2 else set())
+    expected = {11, 12, 21, 22} | ({13, 14, 15} if dim >= 2 else set()) | ({16} if dim == 3 else set())
     assert all_tags == expected
     assert md.physical_groups["electrolyte"].tag == tags.ELECTROLYTE

@@ -13,7 +13,7 @@ from mpi4py import MPI
 
 from protonfem.solver.case import load_case
 from protonfem.solver.run import SERIES_COLUMNS, Simulation
-from solver_cases import short_case
+from solver_cases import COARSE_MESH, short_case
 
 COMM = MPI.COMM_WORLD
 
@@ -64,7 +64,7 @@ def test_rest_state_conductance_is_the_exact_integral(shared_tmp):
     from protonfem.solver.model import DeviceModel
     from protonfem.solver.readout import ConductanceReadout
 
-    for dim in (1, 2):
+    for dim in (1, 2, 3):
         path = short_case(shared_tmp / f"g{dim}.toml", dim=dim)
         case = load_case(path)
         dm = create_device_mesh(case, COMM)
@@ -91,29 +91,67 @@ def test_failed_solve_reports_and_keeps_results(shared_tmp):
     assert rows[0]["event"] == "initial"
 
 
-@pytest.mark.skipif(COMM.size != 2, reason="compares a 2-rank run against a serial one; run under mpiexec -n 2")
-def test_2d_parallel_equals_serial(shared_tmp):
-    case = short_case(shared_tmp / "par2d.toml", dim=2, pulses_up=1, pulses_down=1, rest=1e-4)
-    par = Simulation(case, shared_tmp / "par", progress=False).run()
-    ser = None
-    if COMM.rank == 0:
-        ser = Simulation(case, shared_tmp / "ser", comm=MPI.COMM_SELF, progress=False).run()
-    ser = COMM.bcast(ser, root=0)
-    assert par["status"] == ser["status"] == "completed"
-    assert par["ranks"] == 2 and ser["ranks"] == 1
-    for a, b in zip(par["per_pulse"], ser["per_pulse"]):
-        assert a["conductance_S"] == pytest.approx(b["conductance_S"], rel=1e-8)
-        assert a["faradaic_charge_C"] == pytest.approx(b["faradaic_charge_C"], rel=1e-8, abs=1e-30)
+def _assert_same_runs(out_a: Path, sum_a: dict, out_b: Path, sum_b: dict, rel: float):
+    """Same conductance series, Faradaic charges and region inventories, event by event."""
+    for a, b in zip(sum_a["per_pulse"], sum_b["per_pulse"], strict=True):
+        assert a["conductance_S"] == pytest.approx(b["conductance_S"], rel=rel)
+        assert a["faradaic_charge_C"] == pytest.approx(b["faradaic_charge_C"], rel=rel, abs=1e-30)
     COMM.Barrier()
-    rp, rs = _rows(shared_tmp / "par" / "series.csv"), _rows(shared_tmp / "ser" / "series.csv")
-    assert len(rp) == len(rs)
-    for a, b in zip(rp, rs):
+    ra, rb = _rows(out_a / "series.csv"), _rows(out_b / "series.csv")
+    assert len(ra) == len(rb)
+    for a, b in zip(ra, rb):
         for key in ("inventory_reservoir", "inventory_electrolyte", "inventory_channel", "conductance_S"):
             x, y = float(a[key]), float(b[key])
             if math.isnan(x):
                 assert math.isnan(y)
             else:
-                assert x == pytest.approx(y, rel=1e-8)
+                assert x == pytest.approx(y, rel=rel)
+
+
+def _parallel_against_serial(case: Path, tmp: Path):
+    par = Simulation(case, tmp / "par", progress=False).run()
+    ser = None
+    if COMM.rank == 0:
+        ser = Simulation(case, tmp / "ser", comm=MPI.COMM_SELF, progress=False).run()
+    ser = COMM.bcast(ser, root=0)
+    assert par["status"] == ser["status"] == "completed", (par["message"], ser["message"])
+    assert par["ranks"] == 2 and ser["ranks"] == 1
+    _assert_same_runs(tmp / "par", par, tmp / "ser", ser, rel=1e-8)
+
+
+@pytest.mark.skipif(COMM.size != 2, reason="compares a 2-rank run against a serial one; run under mpiexec -n 2")
+def test_2d_parallel_equals_serial(shared_tmp):
+    case = short_case(shared_tmp / "par2d.toml", dim=2, pulses_up=1, pulses_down=1, rest=1e-4)
+    _parallel_against_serial(case, shared_tmp)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(COMM.size != 2, reason="compares a 2-rank run against a serial one; run under mpiexec -n 2")
+@pytest.mark.parametrize("linear_solver", ["direct", "iterative"])
+def test_3d_parallel_equals_serial(shared_tmp, linear_solver):
+    """Partition independence in 3-D, with MUMPS and with the field-split Krylov solver (whose
+    block-Jacobi/ILU and multigrid preconditioners do depend on the partition: the converged
+    Newton solution must not). One pulse and a short rest on a coarse mesh (~2 k dofs): the
+    iterative run is the slow one (its rest's long steps fall back to MUMPS)."""
+    case = short_case(shared_tmp / f"par3d_{linear_solver}.toml", dim=3, pulses_up=1, pulses_down=0, rest=1e-4,
+                      output__fields=[], solver__linear_solver=linear_solver, **COARSE_MESH)
+    _parallel_against_serial(case, shared_tmp)
+
+
+@pytest.mark.serial
+def test_3d_equals_2d_across_a_uniform_width(shared_tmp):
+    """The reference device is uniform across its width (contacts and gate span it, the flanks are
+    insulating), so the 3-D run must reproduce the 2-D cross-section times the width: conductance,
+    charges and inventories. The charge-based step control is switched off (its per-vertex shares
+    differ between the meshes), so both runs take the same steps."""
+    runs = {}
+    for dim in (2, 3):
+        case = short_case(shared_tmp / f"w{dim}.toml", dim=dim, pulses_up=1, pulses_down=0, rest=1e-4,
+                          output__fields=[], solver__charge_tolerance=1e6, **COARSE_MESH)
+        runs[dim] = (shared_tmp / f"w{dim}", Simulation(case, shared_tmp / f"w{dim}", progress=False).run())
+        assert runs[dim][1]["status"] == "completed", runs[dim][1]["message"]
+    assert runs[3][1]["steps"] == runs[2][1]["steps"]
+    _assert_same_runs(*runs[3], *runs[2], rel=1e-8)
 
 
 def test_floating_gate_rest_holds_terminal_charge_and_retains_protons(shared_tmp):
@@ -170,3 +208,41 @@ def test_stepper_escalates_after_repeated_failures(shared_tmp, monkeypatch):
     assert summary["status"] == "completed", summary["message"]
     assert summary["steps"]["rejected"] >= 7
     assert calls["line_searches"] == ["bt", "basic"]
+
+
+def test_iterative_solver_failure_falls_back_to_mumps(shared_tmp):
+    """A Krylov solve that cannot converge (the case's petsc_options override the iterative
+    defaults: one iteration) is reported as a failed linear solve and the step retried with MUMPS,
+    so the run completes with the direct run's results."""
+    runs = {}
+    for kind, options in (("direct", {}), ("iterative", {"ksp_max_it": 1})):
+        case = short_case(shared_tmp / f"ls_{kind}.toml", dim=1, pulses_up=1, pulses_down=0, rest=1e-6,
+                          output__fields=[], solver__linear_solver=kind, solver__petsc_options=options)
+        runs[kind] = Simulation(case, shared_tmp / f"ls_{kind}", progress=False).run()
+        assert runs[kind]["status"] == "completed", runs[kind]["message"]
+    assert runs["direct"]["linear_solver"] == {"kind": "direct", "direct_fallbacks": 0}
+    assert runs["iterative"]["linear_solver"]["direct_fallbacks"] > 0
+    assert runs["iterative"]["steps"] == runs["direct"]["steps"]
+    for a, b in zip(runs["iterative"]["per_pulse"], runs["direct"]["per_pulse"], strict=True):
+        assert a["conductance_S"] == pytest.approx(b["conductance_S"], rel=1e-10)
+
+
+def test_linear_solver_failure_is_reported(shared_tmp):
+    """With both the Krylov solve and its MUMPS retry failing, the step fails with the KSP's
+    reason in its message (the stepper then rejects it)."""
+    from protonfem.solver.case import load_case
+    from protonfem.solver.mesh import create_device_mesh
+    from protonfem.solver.model import DeviceModel
+
+    case = load_case(short_case(shared_tmp / "ls_fail.toml", dim=1, solver__linear_solver="iterative",
+                                solver__petsc_options={"ksp_max_it": 1}))
+    dm = create_device_mesh(case, COMM)
+    model = DeviceModel(case, dm.mesh, dm.cell_tags, dm.facet_tags)
+    model.set_rest_state()
+    model.set_transport_scale(model.inventory_scaled())
+    model.set_gate_voltage(10.0)
+    model._use_direct = lambda: None  # the retry keeps the failing Krylov configuration
+    result = model.solve_step(1e-11)
+    assert not result.converged
+    assert "DIVERGED_LINEAR_SOLVE" in result.reason and "KSP DIVERGED_MAX_IT after 1 iterations" in result.reason
+    assert model.direct_fallbacks == 1
