@@ -213,6 +213,27 @@ def cmd_response_map(args) -> int:
     return 0 if meta["completed"] == meta["probes"] else EXIT_FAILED
 
 
+def cmd_reproduce(args) -> int:
+    from protonfem.solver.case import CaseError
+
+    missing = [n for n in ("fig3a.toml", "fig3b.toml", "reference.toml") if not (args.cases / n).is_file()]
+    if missing:
+        _say(f"error: --cases {args.cases}: missing {', '.join(missing)}", err=True)
+        return EXIT_BAD_INPUT
+    from protonfem.solver.reproduce import reproduce
+
+    try:
+        result = reproduce(args.cases, args.output, progress=not args.quiet)
+    except CaseError as exc:
+        _say(f"error: {exc}", err=True)
+        return EXIT_BAD_INPUT
+    for row in result["table"]:
+        _say(f"{row['quantity']:24s} simulated {row['simulated']:9.3g}   paper {row['paper']:6g} +- {row['tolerance']:g}   "
+             f"{'agrees' if row['agrees'] else 'DIFFERS'}")
+    _say(f"report: {args.output / 'reproduce.md'}")
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from protonfem.solver.case import CaseError
     from protonfem.solver.sweep import SWEEP_LABEL, default_group_size, estimated_dofs, load_sweep
@@ -306,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("-k", "--group-size", type=int, default=None, help="MPI ranks per probe (1-D: 1)")
     rm.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     rm.set_defaults(func=cmd_response_map)
+
+    rp = sub.add_parser("reproduce", help="simulate the trends of Onen et al. 2022 (Fig. 2A, 3A, 3B, energy) with "
+                        "one parameter set and compare with the paper's numbers (reproduce.md)")
+    rp.add_argument("--cases", type=Path, default=Path("cases/onen2022"), help="directory of the onen2022 cases")
+    rp.add_argument("-o", "--output", type=Path, default=Path("results/reproduce"), help="output directory")
+    rp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    rp.set_defaults(func=cmd_reproduce)
 
     from protonfem.postprocess.cli_view import add_view_parser
     add_view_parser(sub)
