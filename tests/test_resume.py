@@ -84,12 +84,15 @@ def test_one_and_two_ranks_agree(tmp_path):
         assert r.returncode == 0, r.stderr
     rows = {k: list(csv.DictReader(open(v / "series.csv"))) for k, v in outs.items()}
     assert len(rows[1]) == len(rows[2])
-    for key in ("conductance_S", "inventory_channel", "faradaic_charge_C", "gate_charge_C"):
+    # The gate's surface charge during floating rests is what the floating-gate secant matches (to
+    # 1e-4 C kT/q, stopping after different iteration counts on the two factorisations): 1e-7.
+    for key, rel in (("conductance_S", 1e-8), ("inventory_channel", 1e-8), ("faradaic_charge_C", 1e-8),
+                     ("gate_charge_C", 1e-7)):
         # relative to the largest value of the column: the gate charge passes through zero
         scale = max(abs(float(r[key])) for r in rows[1] if r[key] not in ("", "nan"))
         for a, b in zip(rows[1], rows[2]):
             if a[key] not in ("", "nan"):
-                assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-8, abs=1e-8 * scale), key
+                assert float(b[key]) == pytest.approx(float(a[key]), rel=rel, abs=rel * scale), key
 
 
 def test_resume_refuses_other_case_or_rank_count(case, tmp_path):
