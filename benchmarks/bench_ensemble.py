@@ -1,7 +1,7 @@
 """Ensemble throughput: the same sweep of >= 100 cheap 1-D variants on 1 rank and on 2 ranks.
 
 Each variant is the reference stack on a coarse mesh (0.1 nm at the interfaces) with one gate
-pulse and a 1 us floating rest, ~0.3-1 s of work; the variants differ in pulse amplitude and
+pulse and a 1 s floating rest (the reference protocol), ~0.3-1 s of work; the variants differ in pulse amplitude and
 glass proton density, so their costs differ and the dynamic hand-out matters. The script launches
 both runs itself with the venv's ``mpiexec`` (one thread per rank), after a one-variant warm-up
 that fills the form-compiler cache, and prints wall times, throughput and the speed-up against the
@@ -33,7 +33,7 @@ def write_case(path: Path, variants: int) -> Path:
 
     amplitudes = np.linspace(7.0, 10.0, 12)
     densities = np.geomspace(5e25, 1.5e26, -(-variants // len(amplitudes)))
-    return short_case(path, dim=1, pulses_up=1, pulses_down=0, rest=1e-6, output__fields=[],
+    return short_case(path, dim=1, pulses_up=1, pulses_down=0, rest=1.0, output__fields=[],
                       mesh__h_min=1e-10, mesh__h_max=2e-9,
                       sweep__parameters={"protocol.trains.0.amplitude": [round(float(a), 4) for a in amplitudes],
                                          "materials.electrolyte.proton_density": [float(f"{d:.4g}") for d in densities]})
@@ -94,7 +94,7 @@ def main():
         parallel = launch(a.ranks, case, work / f"ranks{a.ranks}", a.variants)
         print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     n = serial["variants"]
-    print(f"ensemble of {n} 1-D variants (one pulse + 1 us rest each), one rank per variant:")
+    print(f"ensemble of {n} 1-D variants (one pulse + 1 s floating rest each), one rank per variant:")
     for r in (serial, parallel):
         print(f"  {r['ranks']} rank(s): {r['wall_s']:7.2f} s ensemble ({r['launch_s']:.2f} s launch to exit), "
               f"{n / r['wall_s']:5.2f} variants/s, {r['completed']}/{n} completed, "

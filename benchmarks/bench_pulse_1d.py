@@ -24,10 +24,10 @@ PROTOTYPE_STEPS, PROTOTYPE_WALL = 100, 0.2
 
 
 class TimedSimulation(Simulation):
-    def _run_protocol(self):
+    def _run_protocol(self, start: int = 0):
         t0 = time.perf_counter()
         s0 = self.stepper.stats.accepted
-        super()._run_protocol()
+        super()._run_protocol(start)
         self.protocol_wall = time.perf_counter() - t0
         self.protocol_steps = self.stepper.stats.accepted - s0
 

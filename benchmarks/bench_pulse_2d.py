@@ -25,10 +25,10 @@ PROTOTYPE_SERIAL = (76.0, 134.0)
 
 
 class TimedSimulation(Simulation):
-    def _run_protocol(self):
+    def _run_protocol(self, start: int = 0):
         self.comm.Barrier()
         t0 = time.perf_counter()
-        super()._run_protocol()
+        super()._run_protocol(start)
         self.comm.Barrier()
         self.protocol_wall = time.perf_counter() - t0
 
