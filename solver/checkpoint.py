@@ -74,9 +74,10 @@ def partitioner_from(owner: np.ndarray):
     from dolfinx import graph
 
     def partition(comm, n_parts, cell_types, cells):
+        from dolfinx.cpp.mesh import cell_num_vertices
+
         # cells: one flat array of vertex indices per cell type (a single type here)
-        n_verts = [len(_cell_vertices(t)) for t in cell_types]
-        n_local = sum(np.asarray(c).size // k for c, k in zip(cells, n_verts))
+        n_local = sum(np.asarray(c).size // cell_num_vertices(t) for c, t in zip(cells, cell_types))
         offset = comm.exscan(n_local) or 0
         dest = owner[offset:offset + n_local].astype(np.int32)
         if dest.size != n_local or (dest >= n_parts).any():
@@ -85,11 +86,6 @@ def partitioner_from(owner: np.ndarray):
         return getattr(adj, "_cpp_object", adj)  # the C++ list, not its Python wrapper
 
     return partition
-
-
-def _cell_vertices(cell_type) -> range:
-    from dolfinx.cpp.mesh import cell_num_vertices
-    return range(cell_num_vertices(cell_type))
 
 
 class Checkpointer:

@@ -468,8 +468,7 @@ class DeviceModel:
         tdim = self.mesh.topology.dim
         self._u_map = _collapsed_map(self.W.sub(0))
         n = self.x.x.array.size
-        self._w_index, self._w_u, self._w_e0, self._w_cmax, self._w_c0, self._w_vol = [], [], [], [], [], []
-        outside_reservoir = []
+        self._w_index, self._w_u, self._w_e0, self._w_cmax, self._w_c0 = [], [], [], [], []
         for g in range(self.n_groups):
             sub = self.W.sub(1 + g)
             g_map = _collapsed_map(sub)
@@ -483,21 +482,12 @@ class DeviceModel:
                 self._w_index.append(dofs)
                 self._w_u.append(self._u_map[where[dofs]])
                 k = dofs.size
-                outside_reservoir.append(np.full(k, par["name"] != "reservoir"))
-                # lumped volume of each dof's share of this region (vertex rule, as the inventory)
-                Vg, _ = sub.collapse()
-                vol = fem.assemble_vector(fem.form(ufl.TestFunction(Vg) * self.dx_lumped(tag)))
-                vol.scatter_reverse(_la_insert_add())
-                self._w_vol.append(vol.array[where[dofs]])
                 self._w_e0.append(np.full(k, par["e0"]))
                 self._w_cmax.append(np.full(k, par["cmax"] / C0))
                 self._w_c0.append(np.full(k, par["c0"] / C0))
         cat = np.concatenate
         self._w_index, self._w_u = cat(self._w_index), cat(self._w_u)
         self._w_e0, self._w_cmax, self._w_c0 = cat(self._w_e0), cat(self._w_cmax), cat(self._w_c0)
-        self._w_vol = cat(self._w_vol)
-        self._w_owned = self._w_index < self._n_owned
-        self._w_outside_reservoir = cat(outside_reservoir)
 
     def error_weights(self, x: np.ndarray) -> np.ndarray:
         """Weights of the time-error and Newton-update norms: 1 for the potential; for w,
@@ -520,10 +510,6 @@ class DeviceModel:
         if self.phase_field:
             wgt[self._theta_dofs] = 10.0  # 0.1 in site fraction counts like 1 kT
         return wgt
-
-    def _dof_density(self, x: np.ndarray) -> np.ndarray:
-        z = x[self._w_index] - x[self._w_u] - self._w_e0
-        return self._w_cmax * np.exp(-np.logaddexp(0.0, -z))
 
     def set_transport_scale(self, inventory_scaled: float):
         """Absolute l1 tolerance of the transport residual, relative to the proton inventory."""
@@ -717,29 +703,28 @@ class DeviceModel:
             / g.electrolyte_thickness
 
 
-def _la_insert_add():
-    from dolfinx import la
-    return la.InsertMode.add
-
-
 def _collapsed_map(sub) -> np.ndarray:
     """Indices in the parent mixed space of a sub-space's dofs (local, ghosts included)."""
     _, maps = sub.collapse()  # DOLFINx 0.11 returns the map wrapped in a list
     return np.asarray(maps[0] if isinstance(maps, list) else maps, dtype=np.int64)
 
 
-_REASON_NAMES: dict[int, str] = {}
-for _name in dir(PETSc.SNES.ConvergedReason):  # the first of aliased names, as PETSc prints it
-    if not _name.startswith("_"):
-        _REASON_NAMES.setdefault(getattr(PETSc.SNES.ConvergedReason, _name), _name)
+def _enum_names(enum) -> dict[int, str]:
+    """Value -> name of a petsc4py enum class (the first of aliased names, as PETSc prints it)."""
+    names: dict[int, str] = {}
+    for name in dir(enum):
+        if not name.startswith("_"):
+            names.setdefault(getattr(enum, name), name)
+    return names
+
+
+_SNES_REASONS = _enum_names(PETSc.SNES.ConvergedReason)
+_KSP_REASONS = _enum_names(PETSc.KSP.ConvergedReason)
 
 
 def _reason_name(reason: int) -> str:
-    return _REASON_NAMES.get(reason, str(reason))
+    return _SNES_REASONS.get(reason, str(reason))
 
 
 def _ksp_reason_name(reason: int) -> str:
-    for name in dir(PETSc.KSP.ConvergedReason):
-        if not name.startswith("_") and getattr(PETSc.KSP.ConvergedReason, name) == reason:
-            return name
-    return str(reason)
+    return _KSP_REASONS.get(reason, str(reason))
