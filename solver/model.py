@@ -319,29 +319,38 @@ class DeviceModel:
         res_cells = cell_tags.find(tags.RESERVOIR)
         gate_dofs = fem.locate_dofs_topological(self.W.sub(0), tdim, res_cells)
         self.bcs = [fem.dirichletbc(self.gate, gate_dofs, self.W.sub(0))]
+        # What each Dirichlet condition does when the gate voltage moves by one scaled unit: 1 on
+        # the gate-valued dofs, 0 elsewhere (the bordered floating-gate Newton step lifts these).
+        self._gate_unit = fem.Constant(mesh, default_scalar_type(1.0))
+        self._bcs_gate_unit = [fem.dirichletbc(self._gate_unit, gate_dofs, self.W.sub(0))]
         self.contact_dofs = None
         if self.dim >= 2:
             sd_facets = np.concatenate([facet_tags.find(tags.SOURCE), facet_tags.find(tags.DRAIN)])
             self.contact_dofs = fem.locate_dofs_topological(self.W.sub(0), tdim - 1, sd_facets)
             self.bcs.append(fem.dirichletbc(default_scalar_type(0.0), self.contact_dofs, self.W.sub(0)))
+            self._bcs_gate_unit.append(fem.dirichletbc(default_scalar_type(0.0), self.contact_dofs, self.W.sub(0)))
         for g in range(self.n_groups):
             sub = self.W.sub(1 + g)
             cells = np.concatenate([cell_tags.find(tags.CELL_TAGS[r]) for r, gg in self.group_of.items() if gg == g])
             active = fem.locate_dofs_topological(sub, tdim, cells)
             idle = np.setdiff1d(_collapsed_map(sub).astype(np.int32), active)
             self.bcs.append(fem.dirichletbc(default_scalar_type(0.0), idle, sub))
+            self._bcs_gate_unit.append(fem.dirichletbc(default_scalar_type(0.0), idle, sub))
         if self.phase_field:
             sub = self.W.sub(self.n_fields - 1)
             active = fem.locate_dofs_topological(sub, tdim, cell_tags.find(tags.CHANNEL))
             idle = np.setdiff1d(_collapsed_map(sub).astype(np.int32), active)
             self.bcs.append(fem.dirichletbc(default_scalar_type(self._channel_theta0), idle, sub))
+            self._bcs_gate_unit.append(fem.dirichletbc(default_scalar_type(0.0), idle, sub))
             self._theta_dofs = _collapsed_map(sub)
         self.fixed_reservoir = res.kind == "fixed_potential"
         if self.fixed_reservoir:
             # Ideal reservoir: hydrogen chemical potential w - u fixed at its rest value (0), so
             # w follows the gate on every reservoir dof.
             sub = self.W.sub(1 + self.group_of["reservoir"])
-            self.bcs.append(fem.dirichletbc(self.gate, fem.locate_dofs_topological(sub, tdim, res_cells), sub))
+            res_w = fem.locate_dofs_topological(sub, tdim, res_cells)
+            self.bcs.append(fem.dirichletbc(self.gate, res_w, sub))
+            self._bcs_gate_unit.append(fem.dirichletbc(self._gate_unit, res_w, sub))
 
         # ---- nonlinear solver ------------------------------------------------------------------
         options = dict(DEFAULT_PETSC_OPTIONS)
@@ -392,6 +401,20 @@ class DeviceModel:
                                             - Gamma * rho * chi_sd * self.dx_lumped)
         self._space_charge = fem.form(Gamma * rho * self.dx_lumped)
         self._interface_forms = {name: fem.form(j * self.dS(tag)) for name, (j, tag) in self._interface_rates.items()}
+        # Terminal charge in units of scales.charge, less a constant (the reservoir reference):
+        # surface charge minus one electron per proton in the reservoir. Its gradient borders
+        # the Newton system of a floating gate (see _border_floating).
+        per_proton = Q_E * sc.count / sc.charge
+        terminal = (self.eps_r * ufl.inner(ufl.grad(u), ufl.grad(chi_gate)) * self.dx
+                    - Gamma * rho * chi_gate * self.dx_lumped - per_proton * c * self.dx_lumped(tags.RESERVOIR))
+        self._terminal_form = fem.form(terminal)
+        self._terminal_gradient_form = fem.form(ufl.derivative(terminal, self.x, ufl.TestFunction(self.W)))
+        self._terminal_gradient = fem_petsc.create_vector(self.W)
+        self._gate_sensitivity_rhs = fem_petsc.create_vector(self.W)
+        self._gate_sensitivity = fem_petsc.create_vector(self.W)
+        #: None: the gate voltage is prescribed; (target, tolerance) of the scaled terminal
+        #: functional: the gate floats and Newton solves for its voltage as well
+        self._floating: tuple[float, float] | None = None
 
     # ------------------------------------------------------------------------------------------
     def concentration(self, w, u):
@@ -423,6 +446,7 @@ class DeviceModel:
         self.transport_atol = 1.0
         self.potential_tol = self.case.solver.potential_tolerance
         self._last = {}
+        self._border_failed = False
         self._reservoir_reference = 0.0  # set_reservoir_reference() at the start of the protocol
 
     def _setup_fieldsplit(self):
@@ -520,7 +544,62 @@ class DeviceModel:
     #: full) would otherwise receive an update of 1e10 or more and wreck the next iterate.
     NEWTON_STEP_LIMIT = 20.0
 
+    def set_floating(self, target: float | None, tolerance: float = 0.0):
+        """Float the gate: Newton solves for its voltage together with the state, holding the
+        terminal charge (:meth:`terminal_charge`) at ``target`` within ``tolerance`` (both C).
+        None: the voltage is prescribed again (:meth:`set_gate_voltage`)."""
+        if target is None:
+            self._floating = None
+            return
+        sc = self.scales
+        reference = Q_E * self._reservoir_reference * sc.count
+        self._floating = ((target - reference) / sc.charge, tolerance / sc.charge)
+
+    def gate_voltage(self) -> float:
+        """The gate voltage of the present iterate (V): the solved one after a floating step."""
+        return float(self.gate.value) * self.scales.thermal_voltage
+
+    def _border_floating(self, y):
+        """Bordered Newton step of a floating gate (the gate voltage V is one more unknown, the
+        terminal charge T(x) its equation).
+
+        SNES has just solved J y = F at the present V (x_new = x - y). With s = dx/dV, the
+        response of the solution to the gate's Dirichlet value (J s = the lifted unit condition,
+        one more solve with the same factorization), the step x - y + dV s meets the linearised
+        charge condition T + grad T . (dV s - y) = target for dV = (grad T . y - (T - target)) /
+        grad T . s. One Newton solve replaces the secant iteration over whole solves that this
+        needed before (two or three solves per step)."""
+        target, tolerance = self._floating
+        ksp = self.snes.getKSP()
+        rhs, sens, grad = self._gate_sensitivity_rhs, self._gate_sensitivity, self._terminal_gradient
+        with grad.localForm() as loc:
+            loc.set(0.0)
+        fem_petsc.assemble_vector(grad, self._terminal_gradient_form)
+        grad.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        mismatch = self._sum(self._terminal_form) - target
+        grad_y = grad.dot(y)
+        if abs(mismatch - grad_y) <= 0.1 * tolerance:
+            # The charge already holds and this step keeps it: leave V alone. (T carries the
+            # reservoir's whole inventory, so its round-off would otherwise move V, and with it
+            # the update, by ~1e-11 forever: the iteration never reached its round-off floor.)
+            return
+        with rhs.localForm() as loc:
+            loc.set(0.0)
+        fem_petsc.apply_lifting(rhs, [self.problem.J], bcs=[self._bcs_gate_unit], alpha=1.0)
+        rhs.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        fem_petsc.set_bc(rhs, self._bcs_gate_unit)
+        ksp.solve(rhs, sens)
+        if ksp.getConvergedReason() < 0:
+            self._border_failed = True
+            y.set(math.nan)  # the convergence test then stops the step
+            return
+        dv = (grad_y - mismatch) / grad.dot(sens)
+        y.axpy(-dv, sens)
+        self.gate.value = float(self.gate.value) + dv
+
     def _limit_update(self, x, y):
+        if self._floating is not None:
+            self._border_floating(y)
         arr = y.getArray()
         np.clip(arr, -self.NEWTON_STEP_LIMIT, self.NEWTON_STEP_LIMIT, out=arr)
         if self.phase_field:
@@ -554,6 +633,13 @@ class DeviceModel:
         self._last.update(rw=rw, upd=upd, ru=ru, it=it)
         if not (math.isfinite(rw) and math.isfinite(upd) and math.isfinite(ru)):
             return PETSc.SNES.ConvergedReason.DIVERGED_FNORM_NAN
+        if self._floating is not None:
+            # a floating gate: its terminal charge is one more equation
+            target, tolerance = self._floating
+            mismatch = abs(self._sum(self._terminal_form) - target)
+            self._last["charge"] = mismatch
+            if mismatch > tolerance:
+                return PETSc.SNES.ConvergedReason.DIVERGED_MAX_IT if it >= self._max_it else 0
         if upd <= self.potential_tol and rw <= self.transport_atol:
             return PETSc.SNES.ConvergedReason.CONVERGED_FNORM_ABS
         # Round-off floor: the update is at machine level and the transport residual no longer
@@ -605,11 +691,15 @@ class DeviceModel:
         continuation (README, "Domain decomposition and 3-D"). Only if that fails too does the
         step fail, and the stepper rejects it as any other."""
         if self.case.solver.linear_solver == "iterative":
-            guess = self.x.x.array.copy()
+            guess, gate = self.x.x.array.copy(), float(self.gate.value)
+            self._border_failed = False
             result = self._solve_step(dt)
-            if result.converged or not result.reason.startswith(_reason_name(PETSc.SNES.ConvergedReason.DIVERGED_LINEAR_SOLVE)):
+            linear_failure = self._border_failed or result.reason.startswith(
+                _reason_name(PETSc.SNES.ConvergedReason.DIVERGED_LINEAR_SOLVE))
+            if result.converged or not linear_failure:
                 return result
             self.x.x.array[:] = guess
+            self.gate.value = gate
             self.direct_fallbacks += 1
             self._use_direct()
             try:
@@ -622,7 +712,7 @@ class DeviceModel:
 
     def _solve_step(self, dt: float) -> StepResult:
         self.dt.value = dt
-        guess = self.x.x.array.copy()
+        guess, gate = self.x.x.array.copy(), float(self.gate.value)
         try:
             self.problem.solve()
             failed_linear = self.snes.getConvergedReason() == PETSc.SNES.ConvergedReason.DIVERGED_LINEAR_SOLVE
@@ -637,6 +727,7 @@ class DeviceModel:
             pc.setType("lu")
             pc.setFactorSolverType("mumps")
             self.x.x.array[:] = guess
+            self.gate.value = gate
             return self.solve_step(dt)
         if error is not None:
             return StepResult(False, self.snes.getIterationNumber(), f"linear solver error: {error}")

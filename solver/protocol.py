@@ -51,6 +51,33 @@ class Pulse:
     def edges(self) -> tuple[float, float, float, float]:
         return (self.start, self.plateau_start, self.plateau_end, self.end)
 
+    # Pulse-local times (s after ``start``). The integrator runs on these: after a few tens of
+    # seconds of protocol, absolute times resolve only ~1e-14 s (one ulp at t = 82 s is 1.4e-14 s),
+    # coarser than the femtosecond steps a 10 V rise can need.
+    @property
+    def local_edges(self) -> tuple[float, float, float, float]:
+        return (0.0, self.rise, self.rise + self.width, self.rise + self.width + self.fall)
+
+    @property
+    def local_rest_reads(self) -> tuple[float, ...]:
+        return tuple(self.local_edges[3] + d for d in self.read_delays)
+
+    @property
+    def local_read_time(self) -> float:
+        return self.local_edges[3] + self.rest
+
+    def local_voltage(self, tau: float, v_start: float, base: float) -> float:
+        """Gate voltage ``tau`` seconds after the start, rising from ``v_start`` (the gate's
+        voltage when the driver reconnects) and falling back to ``base``."""
+        _, top, fall_start, end = self.local_edges
+        if tau < top:
+            return v_start + (self.amplitude - v_start) * tau / self.rise
+        if tau <= fall_start:
+            return self.amplitude
+        if tau < end:
+            return self.amplitude + (base - self.amplitude) * (tau - fall_start) / self.fall
+        return base
+
 
 class Waveform:
     """Piecewise-linear gate voltage V(t) of a whole protocol."""

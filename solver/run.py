@@ -117,7 +117,12 @@ class SeriesWriter:
         vals = []
         for k in SERIES_COLUMNS:
             v = row.get(k, "")
-            vals.append(f"{v:.12g}" if isinstance(v, float) else str(v))
+            if k == "time_s":
+                # exact (shortest round-trip): 12 digits cannot tell a 5 ns pulse's edges apart
+                # a few thousand seconds into a protocol
+                vals.append(repr(float(v)))
+            else:
+                vals.append(f"{v:.12g}" if isinstance(v, float) else str(v))
         self._write_line(",".join(vals))
 
     def close(self):
@@ -374,7 +379,7 @@ class Simulation:
                      "dofs": m.W.dofmap.index_map.size_global * m.W.dofmap.index_map_bs if m else None},
             "pulses_total": len(self.waveform.pulses) if hasattr(self, "waveform") else None,
             "pulses_completed": len(pulses),
-            "time_s": self.stepper.t if hasattr(self, "stepper") else 0.0,
+            "time_s": self.stepper.time if hasattr(self, "stepper") else 0.0,
             "steps": {"accepted": self.stepper.stats.accepted, "rejected": self.stepper.stats.rejected,
                       "newton_iterations": self.stepper.stats.newton_iterations,
                       "equilibration": getattr(self, "_eq_steps", 0)} if hasattr(self, "stepper") else {},
@@ -456,13 +461,13 @@ class Simulation:
             if self._resume_state is not None:
                 start = self._restore(self._resume_state)
                 log.info("resumed from the checkpoint after pulse %d (t = %.6g s); series.csv cut back to "
-                         "its %d rows", start, self.stepper.t, len(self._rows))
+                         "its %d rows", start, self.stepper.time, len(self._rows))
             else:
                 start = 0
                 self._eq_steps = self._equilibrate()
                 log.info("equilibrium at the rest voltage %g V: %d steps", self.case.protocol.rest_voltage,
                          self._eq_steps)
-                self.stepper.t = 0.0
+                self.stepper.set_origin(0.0)
                 self.stepper.gate_voltage = self._initial_gate_voltage()
                 self.model.set_gate_voltage(self.stepper.gate_voltage)
                 # At equilibrium nothing limits the step: the first pulse edge then starts like every
@@ -514,14 +519,9 @@ class Simulation:
         return summary
 
     def _pulse_voltage(self, p, v_start: float):
-        wf = self.waveform
-
-        def voltage(t: float) -> float:
-            if p.start <= t < p.plateau_start:
-                return v_start + (p.amplitude - v_start) * (t - p.start) / p.rise
-            return wf.voltage(t)
-
-        return voltage
+        """The gate voltage of pulse ``p`` against pulse-local time (the stepper's clock)."""
+        base = self.waveform.base
+        return lambda tau: p.local_voltage(tau, v_start, base)
 
     def _run_protocol(self, start: int = 0):
         """Run the pulses after the first ``start`` (a resumed run's checkpoint)."""
@@ -537,17 +537,21 @@ class Simulation:
                 self._newton_failures.clear()
                 self._current_pulse = p
                 self._pulse_acc = dict(qd=0.0, qf=0.0, ed=0.0, ef=0.0)
-                stops = [(tt, "edge") for tt in p.edges[1:]]
-                stops += [(tt, "field") for tt in extra if p.start < tt < p.read_time]
-                stops += [(tt, "rest_read") for tt in p.rest_reads]
-                stops += [(p.read_time, "read")]
+                # The stepper counts time from the pulse's start (see TimeStepper.set_origin); stops
+                # are (pulse-local time, absolute time for the record, kind).
+                st.set_origin(p.start)
+                local_edges = p.local_edges
+                stops = [(lt, at, "edge") for lt, at in zip(local_edges[1:], p.edges[1:])]
+                stops += [(tt - p.start, tt, "field") for tt in extra if p.start < tt < p.read_time]
+                stops += [(lt, at, "rest_read") for lt, at in zip(p.local_rest_reads, p.rest_reads)]
+                stops += [(p.local_read_time, p.read_time, "read")]
                 stops.sort()
                 st.restart(p.rise)  # the pulse's rise starts here: dV/dt jumps
                 # The driver reconnects at the gate's present (possibly floating) voltage and ramps.
                 st.voltage = self._pulse_voltage(p, st.gate_voltage)
                 st.floating_charge = None
-                for tt, kind in stops:
-                    st.advance_to(tt, self._after_step, self._stop_requested)
+                for lt, tt, kind in stops:
+                    st.advance_to(lt, self._after_step, self._stop_requested)
                     if self._stop:
                         raise RunInterrupted()
                     if kind == "field":
@@ -556,9 +560,9 @@ class Simulation:
                         self._row(tt, "rest_read", p, self.readout.conductance())
                     elif kind == "edge":
                         # corner of the trapezoid: restart first-order, sized for the next segment
-                        nxt = next((t2 for t2, _ in stops if t2 > tt), p.read_time)
-                        st.restart(nxt - tt)
-                        if tt == p.end:
+                        nxt = next((t2 for t2, _, _ in stops if t2 > lt), p.local_read_time)
+                        st.restart(nxt - lt)
+                        if lt == local_edges[3]:
                             if self.case.protocol.rest_gate == "floating":
                                 st.floating_charge = self.model.terminal_charge()
                             self._row(tt, "pulse_end", p, float("nan"))
@@ -588,9 +592,9 @@ class Simulation:
         state = {
             "case_hash": self._hash, "protonfem": __version__, "pulses_done": pulses_done,
             "series_rows": len(self._rows), "resumes": self._resumes,
-            "stepper": {"t": st.t, "dt": st.dt, "steps": list(st._steps), "v_history": list(st._v_history),
+            "stepper": {"t": st.time, "dt": st.dt, "steps": list(st._steps), "v_history": list(st._v_history),
                         "gate_voltage": st.gate_voltage, "floating_charge": st.floating_charge,
-                        "floating_slope": st._floating_slope, "terminal_charge_n": st._terminal_charge_n,
+                        "terminal_charge_n": st._terminal_charge_n,
                         "accepted": st.stats.accepted, "rejected": st.stats.rejected,
                         "newton_iterations": st.stats.newton_iterations, "last_reason": st.stats.last_reason},
             "model": {"transport_atol": m.transport_atol, "reservoir_reference": m._reservoir_reference},
@@ -617,9 +621,10 @@ class Simulation:
             f.x.array[:] = arrays[key]
         st._x_nm2[:] = arrays["x_nm2"]
         s = state["stepper"]
-        st.t, st.dt, st._steps, st._v_history = s["t"], s["dt"], list(s["steps"]), list(s["v_history"])
+        st.set_origin(s["t"])
+        st.dt, st._steps, st._v_history = s["dt"], list(s["steps"]), list(s["v_history"])
         st.gate_voltage, st.floating_charge = s["gate_voltage"], s["floating_charge"]
-        st._floating_slope, st._terminal_charge_n = s["floating_slope"], s["terminal_charge_n"]
+        st._terminal_charge_n = s["terminal_charge_n"]
         st.stats.accepted, st.stats.rejected = s["accepted"], s["rejected"]
         st.stats.newton_iterations, st.stats.last_reason = s["newton_iterations"], s["last_reason"]
         m.set_gate_voltage(st.gate_voltage)

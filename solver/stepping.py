@@ -53,6 +53,10 @@ class TimeStepper:
         #: (surface charge + q * protons that left the reservoir) is held at this value.
         self.floating_charge: float | None = None
         self.gate_capacitance = model.geometric_gate_capacitance()
+        #: Time is kept as origin + t: ``t`` (what ``voltage`` and ``advance_to`` take) counts from
+        #: ``origin``, which the driver moves to each pulse's start, so a femtosecond step stays
+        #: resolvable however long the protocol has run (see :meth:`set_origin`).
+        self.origin = 0.0
         self.t = 0.0
         self.dt = settings.dt_initial
         self.stats = StepStats()
@@ -62,10 +66,22 @@ class TimeStepper:
         self._steps: list[float] = []  # accepted step sizes since the last restart, newest last
         self._v_history: list[float] = []  # gate voltages of the last two accepted steps (floating)
         self._rejects_in_row = 0
-        self._floating_slope: float | None = None
         # terminal charge of the last accepted state, and of the step being judged
         self._terminal_charge_n: float | None = None
         self._terminal_charge_candidate: float | None = None
+
+    @property
+    def time(self) -> float:
+        """Absolute time [s] of the last accepted state."""
+        return self.origin + self.t
+
+    def set_origin(self, t_abs: float) -> None:
+        """Count time from ``t_abs``, the absolute time of the present state.
+
+        One ulp of a double at t = 82 s is 1.4e-14 s: a protocol clock that had run for a minute
+        could not represent the femtosecond steps of a 10 V rise (the steps vanished in rounding,
+        the voltage advanced in 1e-3 V jumps, and the error control stalled)."""
+        self.origin, self.t = t_abs, 0.0
 
     def _gmax(self, arr: np.ndarray) -> float:
         n = self.model._n_owned
@@ -139,7 +155,8 @@ class TimeStepper:
 
     def advance_to(self, t_target: float, after_step: Callable[[float, float], None] | None = None,
                    stop_requested: Callable[[], bool] | None = None) -> None:
-        """Integrate from ``self.t`` to exactly ``t_target``."""
+        """Integrate from ``self.t`` to exactly ``t_target`` (both counted from ``origin``);
+        ``after_step`` gets the absolute time and the step of every accepted step."""
         m = self.model
         x, x_n, x_nm1 = m.x.x.array, m.x_n.x.array, m.x_nm1.x.array
         while self.t < t_target * (1 - 1e-15) and t_target - self.t > 1e-30:
@@ -185,7 +202,7 @@ class TimeStepper:
                 self.dt = dt * factor
                 if self.dt < self.s.dt_min:
                     raise SolverFailure(
-                        f"time step fell below dt_min = {self.s.dt_min:g} s at t = {self.t:.6g} s "
+                        f"time step fell below dt_min = {self.s.dt_min:g} s at t = {self.time:.9g} s "
                         f"(gate {self.gate_voltage:.4g} V{', floating' if self.floating_charge is not None else ''}); "
                         f"last Newton result: {res.reason}"
                         f"{' ' + _residual_note(m) if not res.converged else ''}. "
@@ -209,49 +226,31 @@ class TimeStepper:
             self.stats.accepted += 1
             self.dt = dt * max(factor, 0.2)
             if after_step is not None:
-                after_step(self.t, dt)
+                after_step(self.origin + self.t, dt)
             if stop_requested is not None and stop_requested():
                 return
         self.t = t_target
 
     def _solve_floating(self, dt: float, guess: np.ndarray):
-        """Open-circuit gate: find the gate voltage at which the terminal charge is unchanged.
-
-        Secant iteration on V around the implicit step (each evaluation is a full Newton solve
-        from the same x_n). The first V is extrapolated from the previous steps, the slope dQ/dV
-        is carried over from the last secant pair (first time: the geometric gate capacitance), so
-        a step usually needs two solves, the second from the first's solution. Tolerance: 1e-4 of C*kT/q, a few ten-thousandths
-        of an elementary charge on the reference device; the target is fixed, so mismatches
-        do not accumulate from step to step.
-        """
+        """Open-circuit gate: one Newton solve for the state and the gate voltage together, the
+        terminal charge held at ``floating_charge`` (DeviceModel.set_floating: a bordered Newton
+        step). Tolerance 1e-4 of C kT/q, a few ten-thousandths of an elementary charge on the
+        reference device; the target is fixed, so mismatches do not accumulate from step to step.
+        The first voltage is extrapolated from the last two steps."""
         m = self.model
-        target = self.floating_charge
-        tol = 1e-4 * self.gate_capacitance * m.scales.thermal_voltage
         v0 = self.gate_voltage
         hv = self._v_history
         if len(hv) == 2 and len(self._steps) >= 1:
             v0 = hv[-1] + dt / self._steps[-1] * (hv[-1] - hv[-2])
-        slope = self._floating_slope or self.gate_capacitance
-        x = m.x.x.array
-        q_prev = v_prev = None
-        res = None
-        for _ in range(12):
-            m.set_gate_voltage(v0)
-            x[:] = guess
+        m.set_gate_voltage(v0)
+        m.x.x.array[:] = guess
+        m.set_floating(self.floating_charge, 1e-4 * self.gate_capacitance * m.scales.thermal_voltage)
+        try:
             res = m.solve_step(dt)
-            if not res.converged:
-                return res, v0
-            q = m.terminal_charge()
-            if q_prev is not None and v0 != v_prev and q != q_prev:
-                slope = (q - q_prev) / (v0 - v_prev)
-                self._floating_slope = slope
-            if abs(q - target) <= tol:
-                return res, v0
-            q_prev, v_prev = q, v0
-            guess = x.copy()
-            v0 = v0 + (target - q) / slope
-        from .model import StepResult
-        return StepResult(False, res.iterations if res else 0, "floating-gate charge not matched"), v0
+        finally:
+            m.set_floating(None)
+        return res, m.gate_voltage()
+
 
 def _residual_note(model: DeviceModel) -> str:
     last = model._last

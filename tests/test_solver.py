@@ -246,3 +246,45 @@ def test_linear_solver_failure_is_reported(shared_tmp):
     assert not result.converged
     assert "DIVERGED_LINEAR_SOLVE" in result.reason and "KSP DIVERGED_MAX_IT after 1 iterations" in result.reason
     assert model.direct_fallbacks == 1
+
+
+@pytest.mark.serial
+def test_late_protocol_time_integrates_like_an_early_one(shared_tmp, monkeypatch):
+    """The stepper counts time from each pulse's start. With an absolute clock, a pulse 1e4 s into
+    a protocol (one ulp = 1.8e-12 s there) could not take the femtosecond steps of a 10 V rise:
+    steps vanished in rounding and the run stalled (found as a potentiation train that froze
+    after ~80 one-second pulses). The same pulse must give the same steps and conductance."""
+    from protonfem.solver import run as run_mod
+    from protonfem.solver.protocol import Waveform
+
+    results = {}
+    for t0 in (0.0, 1e4):
+        monkeypatch.setattr(run_mod, "Waveform", lambda protocol, t0=t0: Waveform(protocol, t0=t0))
+        case = short_case(shared_tmp / f"late{t0:g}.toml", dim=1, pulses_up=1, pulses_down=1, rest=1.0,
+                          output__fields=[])
+        summary = Simulation(case, shared_tmp / f"late{t0:g}", progress=False).run()
+        assert summary["status"] == "completed", summary["message"]
+        rows = _rows(shared_tmp / f"late{t0:g}" / "series.csv")
+        results[t0] = (summary["steps"], [(r["event"], r["conductance_S"], r["gate_voltage_V"]) for r in rows],
+                       float(rows[-1]["time_s"]))
+    assert results[1e4][0] == results[0.0][0]
+    assert results[1e4][1] == results[0.0][1]
+    assert results[1e4][2] == pytest.approx(1e4 + results[0.0][2], rel=1e-15)
+
+
+@pytest.mark.slow
+@pytest.mark.serial
+def test_long_potentiation_train_keeps_its_step_count(shared_tmp):
+    """100 pulses of +10 V / 5 ns, each with a 1 s floating rest: every pulse takes about as
+    many steps as the first (none stalls as the channel fills or the protocol clock grows)."""
+    case = short_case(shared_tmp / "long.toml", dim=1, pulses_up=100, pulses_down=0, rest=1.0,
+                      output__fields=[])
+    out = shared_tmp / "long"
+    summary = Simulation(case, out, progress=False).run()
+    assert summary["status"] == "completed", summary["message"]
+    reads = [r for r in _rows(out / "series.csv") if r["event"] == "read"]
+    steps = np.diff([0] + [int(r["steps_accepted"]) + int(r["steps_rejected"]) for r in reads])
+    assert len(steps) == 100
+    assert steps.max() <= 1.5 * steps[:10].mean(), steps
+    g = [float(r["conductance_S"]) for r in reads]
+    assert all(b > a for a, b in zip(g, g[1:]))  # potentiation all the way
