@@ -216,20 +216,23 @@ def cmd_response_map(args) -> int:
 def cmd_reproduce(args) -> int:
     from protonfem.solver.case import CaseError
 
-    missing = [n for n in ("fig3a.toml", "fig3b.toml", "reference.toml") if not (args.cases / n).is_file()]
+    needed = ("fig3a.toml", "fig3b.toml", "reference.toml") + (("fig2a.toml",) if args.fig2a else ())
+    missing = [n for n in needed if not (args.cases / n).is_file()]
     if missing:
         _say(f"error: --cases {args.cases}: missing {', '.join(missing)}", err=True)
         return EXIT_BAD_INPUT
     from protonfem.solver.reproduce import reproduce
 
     try:
-        result = reproduce(args.cases, args.output, progress=not args.quiet)
+        result = reproduce(args.cases, args.output, progress=not args.quiet, fig2a=args.fig2a)
     except CaseError as exc:
         _say(f"error: {exc}", err=True)
         return EXIT_BAD_INPUT
     for row in result["table"]:
-        _say(f"{row['quantity']:24s} simulated {row['simulated']:9.3g}   paper {row['paper']:6g} +- {row['tolerance']:g}   "
-             f"{'agrees' if row['agrees'] else 'DIFFERS'}")
+        simulated = "  not run" if row["simulated"] is None else format(row["simulated"], "9.3g")
+        paper = "     -" if row["paper"] is None else f"{row['paper']:6g} +- {row['tolerance']:g}"
+        verdict = {None: "-", True: "agrees", False: "DIFFERS"}[row["agrees"]]
+        _say(f"{row['quantity']:26s} simulated {simulated}   paper {paper}   {verdict}")
     _say(f"report: {args.output / 'reproduce.md'}")
     return 0
 
@@ -332,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "one parameter set and compare with the paper's numbers (reproduce.md)")
     rp.add_argument("--cases", type=Path, default=Path("cases/onen2022"), help="directory of the onen2022 cases")
     rp.add_argument("-o", "--output", type=Path, default=Path("results/reproduce"), help="output directory")
+    rp.add_argument("--fig2a", action="store_true", help="also run the full Fig. 2A protocol (fig2a.toml: 1000 + "
+                    "1000 pulses, ~2.5 min on one core) for the up/down symmetry over the paper's protocol")
     rp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     rp.set_defaults(func=cmd_reproduce)
 
