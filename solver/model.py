@@ -696,7 +696,7 @@ class DeviceModel:
             # a floating gate: its terminal charge is one more equation
             target, tolerance = self._floating
             mismatch = abs(self._terminal_value - target)
-            self._last["charge"] = mismatch
+            self._last["charge"], self._last["charge_tolerance"] = mismatch, tolerance
             if mismatch > tolerance:
                 return PETSc.SNES.ConvergedReason.DIVERGED_MAX_IT if it >= self._max_it else 0
         if upd <= self.potential_tol and rw <= self.transport_atol:

@@ -261,5 +261,7 @@ def _residual_note(model: DeviceModel) -> str:
     last = model._last
     if not last:
         return ""
+    charge = (f", floating-gate charge off by {last['charge'] * model.scales.charge / Q_E:.3g} protons, "
+              f"tolerance {last['charge_tolerance'] * model.scales.charge / Q_E:.3g}" if "charge" in last else "")
     return (f"(transport residual {last.get('rw', float('nan')):.3g} vs tolerance {model.transport_atol:.3g}, "
-            f"last update {last.get('upd', float('nan')):.3g})")
+            f"last update {last.get('upd', float('nan')):.3g}{charge})")

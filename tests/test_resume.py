@@ -84,7 +84,7 @@ def test_one_and_two_ranks_agree(tmp_path):
         assert r.returncode == 0, r.stderr
     rows = {k: list(csv.DictReader(open(v / "series.csv"))) for k, v in outs.items()}
     assert len(rows[1]) == len(rows[2])
-    # The gate's surface charge during floating rests is what the floating-gate secant matches (to
+    # The gate's surface charge during floating rests is what the floating-gate solve matches (to
     # 1e-4 C kT/q, stopping after different iteration counts on the two factorisations): 1e-7.
     for key, rel in (("conductance_S", 1e-8), ("inventory_channel", 1e-8), ("faradaic_charge_C", 1e-8),
                      ("gate_charge_C", 1e-7)):
