@@ -409,9 +409,19 @@ class DeviceModel:
         # Terminal charge in units of scales.charge, less a constant (the reservoir reference):
         # surface charge minus one electron per proton in the reservoir. Its gradient borders
         # the Newton system of a floating gate (see _border_floating).
+        # Protons in the reservoir, as far as the gate's Faradaic charge is concerned. A finite
+        # reservoir holds its own count. An ideal (fixed-potential) one is pinned at its rest
+        # density, so what it supplies shows up only in the rest of the stack: its count is a
+        # constant (the reservoir offset, set with the reference) less the electrolyte and channel.
+        if self.fixed_reservoir:
+            reservoir_count = -c * (self.dx_lumped(tags.ELECTROLYTE) + self.dx_lumped(tags.CHANNEL))
+        else:
+            reservoir_count = c * self.dx_lumped(tags.RESERVOIR)
+        self._reservoir_count_form = fem.form(reservoir_count)
+        self._reservoir_offset = 0.0
         per_proton = Q_E * sc.count / sc.charge
         terminal = (self.eps_r * ufl.inner(ufl.grad(u), ufl.grad(chi_gate)) * self.dx
-                    - Gamma * rho * chi_gate * self.dx_lumped - per_proton * c * self.dx_lumped(tags.RESERVOIR))
+                    - Gamma * rho * chi_gate * self.dx_lumped - per_proton * reservoir_count)
         self._terminal_form = fem.form(terminal)
         self._terminal_gradient_form = fem.form(ufl.derivative(terminal, self.x, ufl.TestFunction(self.W)))
         self._terminal_gradient = fem_petsc.create_vector(self.W)
@@ -596,7 +606,7 @@ class DeviceModel:
             self._floating = None
             return
         sc = self.scales
-        reference = Q_E * self._reservoir_reference * sc.count
+        reference = Q_E * (self._reservoir_reference - self._reservoir_offset) * sc.count
         self._floating = ((target - reference) / sc.charge, tolerance / sc.charge)
 
     def gate_voltage(self) -> float:
@@ -825,17 +835,19 @@ class DeviceModel:
         return out
 
     def set_reservoir_reference(self):
-        """The reservoir inventory against which the Faradaic (terminal) charge is counted."""
-        self._reservoir_reference = self._sum(self._inventory_forms["reservoir"])
+        """The reservoir inventory against which the Faradaic (terminal) charge is counted (an
+        ideal reservoir: its count is set to its pinned inventory here, see _reservoir_count_form)."""
+        if self.fixed_reservoir:
+            self._reservoir_offset = sum(self._sum(f) for f in self._inventory_forms.values())
+        self._reservoir_reference = self._sum(self._reservoir_count_form) + self._reservoir_offset
 
     def gate_state(self) -> tuple[float, float]:
         """(surface charge of the gate [C], protons in the reservoir [device total]): the two
         parts of the gate current, with one reduction."""
-        local = np.array([fem.assemble_scalar(self._gate_charge),
-                          fem.assemble_scalar(self._inventory_forms["reservoir"])])
+        local = np.array([fem.assemble_scalar(self._gate_charge), fem.assemble_scalar(self._reservoir_count_form)])
         if self.comm.size > 1:
             local = self.comm.allreduce(local, op=MPI.SUM)
-        return float(local[0]) * self.scales.charge, float(local[1]) * self.scales.count
+        return float(local[0]) * self.scales.charge, (float(local[1]) + self._reservoir_offset) * self.scales.count
 
     def terminal_charge(self, state: np.ndarray | None = None) -> float:
         """Charge that has entered the gate terminal: surface charge of the reservoir plus one
@@ -849,7 +861,7 @@ class DeviceModel:
         finally:
             if state is not None:
                 self.x.x.array[:] = saved
-        return terminal * self.scales.charge + Q_E * self._reservoir_reference * self.scales.count
+        return terminal * self.scales.charge + Q_E * (self._reservoir_reference - self._reservoir_offset) * self.scales.count
 
     def geometric_gate_capacitance(self) -> float:
         """eps0 eps_r A / d of the electrolyte (F): the slope guess of the floating-gate solve."""

@@ -327,7 +327,7 @@ class Simulation:
         self._N0 = sum(self._inv0.values())
         ch = m.charges()
         self._Qg = ch["gate"]
-        self._Nres = self._inv0["reservoir"]
+        self._Nres = m.gate_state()[1]  # the reservoir's count for the Faradaic charge (see gate_state)
         self._Qfar = 0.0
         self._I = (0.0, 0.0)
         self._pulse_acc = dict(qd=0.0, qf=0.0, ed=0.0, ef=0.0)
@@ -355,7 +355,9 @@ class Simulation:
         inv = m.inventories()
         ch = m.charges()
         N = sum(inv.values())
-        inv_err = abs(N - self._N0) / self._N0
+        # An ideal reservoir is open: the protons it supplied (the Faradaic charge) are not drift.
+        supplied = self._Qfar / Q_E if self.model.fixed_reservoir else 0.0
+        inv_err = abs(N - self._N0 - supplied) / self._N0
         gauss_err = abs(ch["gate"] + ch["contacts"] + ch["space"]) / max(abs(ch["gate"]) + abs(ch["contacts"]), Q_E)
         self._max_inv_err = max(self._max_inv_err, inv_err)
         self._max_gauss_err = max(self._max_gauss_err, gauss_err)
@@ -621,7 +623,8 @@ class Simulation:
                         "terminal_charge_n": st._terminal_charge_n,
                         "accepted": st.stats.accepted, "rejected": st.stats.rejected,
                         "newton_iterations": st.stats.newton_iterations, "last_reason": st.stats.last_reason},
-            "model": {"transport_atol": m.transport_atol, "reservoir_reference": m._reservoir_reference},
+            "model": {"transport_atol": m.transport_atol, "reservoir_reference": m._reservoir_reference,
+                      "reservoir_offset": m._reservoir_offset},
             "run": {"inv0": self._inv0, "N0": self._N0, "Qg": self._Qg, "Nres": self._Nres, "Qfar": self._Qfar,
                     "I": list(self._I), "max_inv_err": self._max_inv_err, "max_gauss_err": self._max_gauss_err,
                     "fields_written": self._fields_written, "eq_steps": self._eq_steps,
@@ -654,6 +657,7 @@ class Simulation:
         m.set_gate_voltage(st.gate_voltage)
         m.transport_atol = state["model"]["transport_atol"]
         m._reservoir_reference = state["model"]["reservoir_reference"]
+        m._reservoir_offset = state["model"].get("reservoir_offset", 0.0)
         r = state["run"]
         self._inv0, self._N0, self._Qg, self._Nres, self._Qfar = r["inv0"], r["N0"], r["Qg"], r["Nres"], r["Qfar"]
         self._I = tuple(r["I"])
