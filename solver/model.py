@@ -406,9 +406,6 @@ class DeviceModel:
                                             - Gamma * rho * chi_sd * self.dx_lumped)
         self._space_charge = fem.form(Gamma * rho * self.dx_lumped)
         self._interface_forms = {name: fem.form(j * self.dS(tag)) for name, (j, tag) in self._interface_rates.items()}
-        # Terminal charge in units of scales.charge, less a constant (the reservoir reference):
-        # surface charge minus one electron per proton in the reservoir. Its gradient borders
-        # the Newton system of a floating gate (see _border_floating).
         # Protons in the reservoir, as far as the gate's Faradaic charge is concerned. A finite
         # reservoir holds its own count. An ideal (fixed-potential) one is pinned at its rest
         # density, so what it supplies shows up only in the rest of the stack: its count is a
@@ -419,6 +416,9 @@ class DeviceModel:
             reservoir_count = c * self.dx_lumped(tags.RESERVOIR)
         self._reservoir_count_form = fem.form(reservoir_count)
         self._reservoir_offset = 0.0
+        # Terminal charge in units of scales.charge, less a constant (the reservoir reference):
+        # surface charge minus one electron per proton in the reservoir. Its gradient borders
+        # the Newton system of a floating gate (see _border_floating).
         per_proton = Q_E * sc.count / sc.charge
         terminal = (self.eps_r * ufl.inner(ufl.grad(u), ufl.grad(chi_gate)) * self.dx
                     - Gamma * rho * chi_gate * self.dx_lumped - per_proton * reservoir_count)
@@ -621,8 +621,8 @@ class DeviceModel:
         response of the solution to the gate's Dirichlet value (J s = the lifted unit condition,
         one more solve with the same factorization), the step x - y + dV s meets the linearised
         charge condition T + grad T . (dV s - y) = target for dV = (grad T . y - (T - target)) /
-        grad T . s. One Newton solve replaces the secant iteration over whole solves that this
-        needed before (two or three solves per step)."""
+        grad T . s. A floating step thus costs one Newton solve (a secant iteration on V over
+        whole solves costs two or three)."""
         target, tolerance = self._floating
         rhs, sens, grad = self._gate_sensitivity_rhs, self._gate_sensitivity, self._terminal_gradient
         if not self._border_ready:

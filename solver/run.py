@@ -82,7 +82,7 @@ def write_json_atomic(path: Path, obj) -> None:
 class SeriesWriter:
     """Rank-0 CSV writer. Every row reaches the operating system before the next step (a killed
     run keeps it); the file is synced to the disk at most once a second (:data:`SYNC_INTERVAL_S`:
-    two syncs per pulse were ~2 % of a 1-D train), and on :meth:`sync` and :meth:`close`."""
+    two syncs per pulse were ~1 % of a 1-D train), and on :meth:`sync` and :meth:`close`."""
 
     SYNC_INTERVAL_S = 1.0
 
