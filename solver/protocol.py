@@ -106,13 +106,9 @@ class Waveform:
 
     def voltage(self, t: float) -> float:
         p = self.pulse_at(t)
-        if p is None or t >= p.end:
+        if p is None:
             return self.base
-        if t < p.plateau_start:
-            return self.base + (p.amplitude - self.base) * (t - p.start) / p.rise
-        if t <= p.plateau_end:
-            return p.amplitude
-        return p.amplitude + (self.base - p.amplitude) * (t - p.plateau_end) / p.fall
+        return p.local_voltage(t - p.start, self.base, self.base)
 
     def breakpoints(self, extra: list[float] = ()) -> list[float]:
         """Every time the integrator must hit exactly, sorted and unique."""
