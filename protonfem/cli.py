@@ -222,12 +222,16 @@ def cmd_reproduce(args) -> int:
         _say(f"error: --cases {args.cases}: missing {', '.join(missing)}", err=True)
         return EXIT_BAD_INPUT
     from protonfem.solver.reproduce import reproduce
+    from protonfem.solver.stepping import SolverFailure
 
     try:
         result = reproduce(args.cases, args.output, progress=not args.quiet, fig2a=args.fig2a)
     except CaseError as exc:
         _say(f"error: {exc}", err=True)
         return EXIT_BAD_INPUT
+    except SolverFailure as exc:
+        _say(f"error: solve failed: {exc}", err=True)
+        return EXIT_FAILED
     for row in result["table"]:
         simulated = "  not run" if row["simulated"] is None else format(row["simulated"], "9.3g")
         paper = "     -" if row["paper"] is None else f"{row['paper']:6g} +- {row['tolerance']:g}"

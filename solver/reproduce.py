@@ -103,6 +103,7 @@ def reproduce(cases_dir: Path, outdir: Path, comm: MPI.Comm = MPI.COMM_WORLD, pr
     without it the Fig. 2A symmetry row says "not run"."""
     from .response_map import run_response_map
     from .run import Simulation
+    from .stepping import SolverFailure
     from .sweep import load_sweep, run_sweep
 
     cases_dir, outdir = Path(cases_dir), Path(outdir)
@@ -117,7 +118,8 @@ def reproduce(cases_dir: Path, outdir: Path, comm: MPI.Comm = MPI.COMM_WORLD, pr
         if fig2a:
             full = Simulation(cases_dir / "fig2a.toml", outdir / "fig2a", comm=MPI.COMM_SELF, progress=progress).run()
             if full["status"] != "completed":
-                raise RuntimeError(f"{cases_dir / 'fig2a.toml'}: {full['status']}: {full['message']}")
+                raise SolverFailure(f"{cases_dir / 'fig2a.toml'}: {full['status']}: {full['message']} "
+                                    f"(its results so far are in {outdir / 'fig2a'})")
             measured.update(fig2a_trends(full))
     comm.Barrier()
     result = None

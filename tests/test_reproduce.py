@@ -53,3 +53,16 @@ def test_reproduce_needs_the_cases(tmp_path):
     from protonfem.cli import main
 
     assert main(["reproduce", "--cases", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
+
+
+def test_reproduce_fig2a_needs_its_case(tmp_path, capsys):
+    import shutil
+
+    from protonfem.cli import main
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for name in ("fig3a.toml", "fig3b.toml", "reference.toml"):
+        shutil.copy(ROOT / "cases" / "onen2022" / name, cases / name)
+    assert main(["reproduce", "--cases", str(cases), "-o", str(tmp_path / "o"), "--fig2a"]) == 2
+    assert "missing fig2a.toml" in capsys.readouterr().err
